@@ -1,0 +1,2 @@
+"""V-Reason server."""
+__version__ = "0.1.0"
