@@ -1,0 +1,45 @@
+"""Client-facing errors raised by video loading.
+
+Every failure caused by the request (bad URL, corrupt file, caps exceeded) is a ``VideoError``,
+so the API layer can map it to an OpenAI-shaped 4xx without inspecting the message. Anything
+else escaping this package is a server bug.
+"""
+
+from __future__ import annotations
+
+# Machine-readable codes. Strings rather than an Enum so they serialise as-is into the
+# OpenAI error body's "code" field.
+VIDEO_TOO_LARGE = "video_too_large"                       # encoded bytes over the cap (413)
+VIDEO_TOO_LONG = "video_too_long"                         # more source frames than allowed
+VIDEO_RESOLUTION_TOO_LARGE = "video_resolution_too_large"  # source width*height over the cap
+VIDEO_DECODE_FAILED = "video_decode_failed"               # unreadable, truncated or unknown format
+VIDEO_EMPTY = "video_empty"                               # zero bytes or zero frames
+MEDIA_PATH_NOT_ALLOWED = "media_path_not_allowed"         # file:// outside the allowed directory
+MEDIA_NOT_FOUND = "media_not_found"                       # file:// inside it, but missing / not a file
+UNSUPPORTED_MEDIA_URL = "unsupported_media_url"           # scheme we do not serve (http, ftp, ...)
+INVALID_DATA_URL = "invalid_data_url"                     # malformed data: URL or bad base64
+INVALID_SAMPLING = "invalid_video_sampling"               # bad fps / num_frames
+DECODE_CANCELLED = "video_decode_cancelled"               # the waiting request went away
+
+
+class VideoError(Exception):
+    """A request-caused video failure, carrying what an OpenAI-style error body needs.
+
+    ``status`` is the HTTP status to answer with (400 unless the payload is too large: 413).
+    ``param`` names the offending request field ("messages" for the content part itself).
+    """
+
+    def __init__(self, message: str, *, code: str, param: str | None = "messages", status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.status = status
+
+    def to_openai_error(self) -> dict:
+        """The ``{"error": {...}}`` body in the OpenAI shape."""
+        return {"error": {"message": self.message, "type": "invalid_request_error",
+                          "param": self.param, "code": self.code}}
+
+    def __repr__(self) -> str:
+        return f"VideoError(code={self.code!r}, status={self.status}, message={self.message!r})"
