@@ -1,0 +1,68 @@
+"""Helpers shared by the op launchers: backend choice and input checks.
+
+Nothing here imports triton, so `vreason.kernels` stays importable on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def interpreting() -> bool:
+    """True when Triton runs its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(backend: str, device: torch.device) -> bool:
+    """Decide between the Triton kernel and the torch reference.
+
+    "auto" picks Triton for CUDA tensors and the reference otherwise; "torch" always picks the
+    reference; "triton" picks Triton on CUDA, or on CPU tensors under TRITON_INTERPRET=1.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    if device.type == "cuda":
+        return True
+    if backend == "triton":
+        if interpreting():
+            return True
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors or TRITON_INTERPRET=1; tensors are on {device}"
+        )
+    return False
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items()}
+    first = next(iter(devices.values()))
+    check(
+        all(d == first for d in devices.values()),
+        "all tensors must be on one device, got " + ", ".join(f"{n}={d}" for n, d in devices.items()),
+    )
+    return first
+
+
+def check_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
+    check(t.dtype in allowed, f"{name} must have dtype in {allowed}, got {t.dtype}")
+
+
+def check_shape(name: str, t: torch.Tensor, shape: tuple[int | None, ...]) -> None:
+    """Check rank and the sizes given (None = any size)."""
+    ok = t.dim() == len(shape) and all(s is None or s == n for s, n in zip(shape, t.shape))
+    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+    check(ok, f"{name} must have shape {want}, got {list(t.shape)}")
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

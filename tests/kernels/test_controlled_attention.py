@@ -1,0 +1,238 @@
+"""controlled_attention: reference vs a dense gather, Triton vs reference, layouts, edge cases."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from vreason.kernels import controlled_attention
+from vreason.kernels.controlled_attention.reference import controlled_attention_reference
+
+# (out, weights) tolerances on ||out - ref|| / ||ref||; half dtypes round the output
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 1e-4), torch.float16: (3e-3, 1e-4)}
+DTYPES = list(TOL)
+
+
+@dataclass(frozen=True)
+class Case:
+    seq_lens: tuple[int, ...]
+    Hkv: int
+    G: int
+    D: int
+    block_size: int
+    n_runs: int
+    # "gpu": kv[..., :D] / kv[..., D:]; "cpu": kv.view(B, H, 2 * N, D).chunk(2, dim=2)
+    layout: str = "gpu"
+
+    def __str__(self) -> str:
+        seqs = "-".join(map(str, self.seq_lens))
+        return f"L{seqs}-H{self.Hkv}-G{self.G}-D{self.D}-bs{self.block_size}-runs{self.n_runs}-{self.layout}"
+
+
+def random_runs(gen: torch.Generator, seq_len: int, n_runs: int) -> list[tuple[int, int]]:
+    """n_runs disjoint (start, length) runs in [0, seq_len), in random order, plus one unused run."""
+    cuts = torch.randint(0, seq_len + 1, (2 * n_runs,), generator=gen).sort().values.tolist()
+    runs = [(cuts[2 * i], cuts[2 * i + 1] - cuts[2 * i]) for i in range(n_runs)]
+    runs = [runs[i] for i in torch.randperm(n_runs, generator=gen).tolist()]
+    runs.insert(int(torch.randint(0, n_runs + 1, (1,), generator=gen)), (0, 0))
+    return runs
+
+
+def make_inputs(case: Case, dtype: torch.dtype, seed: int, device, values_dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    R, Hkv, D, bs = len(case.seq_lens), case.Hkv, case.D, case.block_size
+    n_blocks = [-(-s // bs) for s in case.seq_lens]
+    num_blocks = sum(n_blocks) + 3
+    kv = torch.randn(num_blocks, Hkv, bs, 2 * D, generator=gen).to(dtype)
+    if case.layout == "gpu":
+        k, v = kv[..., :D], kv[..., D:]
+    else:
+        k, v = kv.view(num_blocks, Hkv, 2 * bs, D).chunk(2, dim=2)
+    # unused table slots hold a huge block id: reading one would fault or go NaN
+    block_table = torch.full((R, max(n_blocks) + 2), 2**30, dtype=torch.int32)
+    perm = torch.randperm(num_blocks, generator=gen)
+    for r, n in enumerate(n_blocks):
+        block_table[r, :n] = perm[sum(n_blocks[:r]) : sum(n_blocks[: r + 1])].int()
+    runs = [random_runs(gen, s, case.n_runs) for s in case.seq_lens]
+    vid_start = torch.tensor([[s for s, _ in rr] for rr in runs], dtype=torch.int32)
+    vid_len = torch.tensor([[n for _, n in rr] for rr in runs], dtype=torch.int32)
+    P = int(vid_len.sum(1).max()) + 3
+    values = torch.randn(R, Hkv, P, D, generator=gen).to(values_dtype)
+    q = torch.randn(R, Hkv * case.G, D, generator=gen).to(dtype)
+    seq_lens = torch.tensor(case.seq_lens, dtype=torch.int32)
+    args = [q, k, v, block_table, seq_lens, vid_start, vid_len, values]
+    return [a.to(device) for a in args] + [case.D**-0.5]
+
+
+def dense_attention(q, k, v, block_table, seq_lens, vid_start, vid_len, values, scale):
+    """The obvious version: gather every row into dense [R, L, Hkv, D], overlay, masked softmax."""
+    R, Hq, D = q.shape
+    Hkv, bs, P = k.shape[1], k.shape[2], values.shape[2]
+    G, L = Hq // Hkv, int(seq_lens.max())
+    t = torch.arange(L, device=q.device)
+    valid = t[None] < seq_lens[:, None].long()
+    blocks = torch.where(valid, block_table[:, t // bs].long(), 0)
+    offs = (t % bs).expand(R, L)
+    K, V = k[blocks, :, offs].float(), v[blocks, :, offs].float()
+    idx = torch.full((R, L), -1, dtype=torch.long, device=q.device)
+    for r in range(R):
+        base = 0
+        for s, n in zip(vid_start[r].tolist(), vid_len[r].tolist()):
+            idx[r, s : s + n] = torch.arange(base, base + n)
+            base += n
+    rows, ts = (idx >= 0).nonzero(as_tuple=True)
+    V[rows, ts] = values[rows, :, idx[rows, ts]].float()
+    s = torch.einsum("rhgd,rlhd->rhgl", q.float().view(R, Hkv, G, D), K) * scale
+    p = torch.softmax(s.masked_fill(~valid[:, None, None], float("-inf")), dim=-1)
+    out = torch.einsum("rhgl,rlhd->rhgd", p, V).reshape(R, Hq, D).to(q.dtype)
+    weights = torch.zeros(R, Hkv, G, P, device=q.device)
+    weights[rows, :, :, idx[rows, ts]] = p[rows, :, :, ts]
+    return out, weights.reshape(R, Hq, P)
+
+
+CPU_CASES = [
+    Case((50, 37), Hkv=2, G=1, D=32, block_size=16, n_runs=1),
+    Case((70, 33, 129), Hkv=2, G=4, D=64, block_size=16, n_runs=3),
+    Case((45,), Hkv=1, G=7, D=32, block_size=32, n_runs=2),
+    Case((100, 17), Hkv=2, G=7, D=128, block_size=32, n_runs=1, layout="cpu"),
+    Case((33, 90), Hkv=1, G=4, D=128, block_size=16, n_runs=4, layout="cpu"),
+    Case((1, 64), Hkv=2, G=1, D=64, block_size=32, n_runs=0),
+    Case((29, 61), Hkv=3, G=2, D=80, block_size=16, n_runs=2),
+]
+GPU_CASES = [
+    Case((4000, 1500, 16001), Hkv=4, G=7, D=128, block_size=16, n_runs=1),
+    Case((4099, 2048), Hkv=4, G=7, D=128, block_size=32, n_runs=24, layout="cpu"),
+    Case((777,) * 40, Hkv=2, G=4, D=64, block_size=16, n_runs=3),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_reference_matches_dense(case, dtype, assert_close):
+    args = make_inputs(case, dtype, seed=1, device="cpu")
+    out, weights = controlled_attention_reference(*args)
+    ref_out, ref_w = dense_attention(*args)
+    assert_close("out", ref_out, out, 1e-5 if dtype == torch.float32 else 1e-2)
+    assert_close("weights", ref_w, weights, 1e-5)
+
+
+def test_reference_both_cache_splits_agree_with_dense(assert_close):
+    """vLLM's GPU split kv[..., :D] and CPU split view(2N).chunk(2) of one [B, H, N, 2D] buffer."""
+    for layout in ("gpu", "cpu"):
+        args = make_inputs(Case((41, 66), 2, 4, 32, 16, 2, layout), torch.float32, 3, "cpu")
+        assert not args[1].is_contiguous() or layout == "cpu"
+        out, weights = controlled_attention_reference(*args)
+        ref_out, ref_w = dense_attention(*args)
+        assert_close(f"{layout} out", ref_out, out, 1e-5)
+        assert_close(f"{layout} weights", ref_w, weights, 1e-5)
+    # the CPU split's key half of block b is the first N rows of that block's 2N x D buffer
+    kv = torch.arange(2 * 4 * 3 * 2 * 8, dtype=torch.float32).view(2, 4, 3, 16)
+    k_cpu, _ = kv.view(2, 4, 6, 8).chunk(2, dim=2)
+    assert torch.equal(k_cpu[1, 2, 1], kv[1, 2].reshape(-1)[8:16])
+
+
+def _run_triton(case, dtype, seed, device, **kw):
+    args = make_inputs(case, dtype, seed, device, **kw)
+    out, weights = controlled_attention(*args, backend="triton")
+    ref_out, ref_w = controlled_attention_reference(*[a.cpu() if torch.is_tensor(a) else a for a in args])
+    return (ref_out, ref_w), (out, weights)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_triton_matches_reference(case, dtype, device, poison_empty, assert_close):
+    seed = zlib.crc32(str(case).encode())
+    (ref_out, ref_w), (out, weights) = _run_triton(case, dtype, seed, device)
+    assert out.dtype == dtype and weights.dtype == torch.float32
+    assert_close("out", ref_out, out, TOL[dtype][0])
+    assert_close("weights", ref_w, weights, TOL[dtype][1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_triton_matches_reference_large(case, dtype, device, poison_empty, assert_close):
+    (ref_out, ref_w), (out, weights) = _run_triton(case, dtype, seed=7, device=device)
+    assert_close("out", ref_out, out, TOL[dtype][0])
+    assert_close("weights", ref_w, weights, TOL[dtype][1])
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 8])
+def test_triton_context_splits(num_splits, device, poison_empty, assert_close):
+    """More splits than key tiles leaves some splits empty; the merge must ignore them."""
+    from vreason.kernels.controlled_attention.triton import controlled_attention_triton
+
+    args = make_inputs(Case((150, 20, 64), 2, 4, 32, 16, 2), torch.float32, 5, device)
+    out, weights = controlled_attention_triton(*args, num_splits=num_splits)
+    ref_out, ref_w = controlled_attention_reference(*[a.cpu() if torch.is_tensor(a) else a for a in args])
+    assert_close("out", ref_out, out, 1e-5)
+    assert_close("weights", ref_w, weights, 1e-5)
+
+
+def test_triton_values_in_cache_dtype(device, assert_close):
+    (ref_out, ref_w), (out, weights) = _run_triton(
+        CPU_CASES[1], torch.bfloat16, 11, device, values_dtype=torch.bfloat16
+    )
+    assert_close("out", ref_out, out, TOL[torch.bfloat16][0])
+    assert_close("weights", ref_w, weights, TOL[torch.bfloat16][1])
+
+
+@pytest.mark.gpu
+def test_triton_int64_offsets(device, assert_close):
+    """A cache of > 2**31 elements: block offsets overflow int32 if not widened."""
+    D, bs, num_blocks = 128, 16, 2**31 // (16 * 256) + 64
+    kv = torch.zeros(num_blocks, 1, bs, 2 * D, dtype=torch.bfloat16, device=device)
+    high = torch.arange(num_blocks - 4, num_blocks, device=device)
+    kv[high] = torch.randn(4, 1, bs, 2 * D, device=device).bfloat16()
+    block_table = high.int()[None]
+    seq_lens = torch.tensor([60], dtype=torch.int32, device=device)
+    vid_start = torch.tensor([[10]], dtype=torch.int32, device=device)
+    vid_len = torch.tensor([[30]], dtype=torch.int32, device=device)
+    values = torch.randn(1, 1, 30, D, device=device)
+    q = torch.randn(1, 7, D, device=device).bfloat16()
+    args = [q, kv[..., :D], kv[..., D:], block_table, seq_lens, vid_start, vid_len, values, D**-0.5]
+    out, weights = controlled_attention(*args)
+    ref_out, ref_w = controlled_attention_reference(*args)
+    assert_close("out", ref_out, out, TOL[torch.bfloat16][0])
+    assert_close("weights", ref_w, weights, TOL[torch.bfloat16][1])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_empty_batch(backend, device):
+    args = make_inputs(Case((20,), 2, 4, 32, 16, 1), torch.float32, 0, device)
+    q, k, v, bt, sl, vs, vl, vals, scale = args
+    out, weights = controlled_attention(q[:0], k, v, bt[:0], sl[:0], vs[:0], vl[:0], vals[:0], scale,
+                                        backend=backend)
+    assert out.shape == (0, 8, 32) and weights.shape == (0, 8, vals.shape[2])
+
+
+def test_invalid_inputs_raise(monkeypatch):
+    args = make_inputs(Case((20, 30), 2, 4, 32, 16, 1), torch.float32, 0, "cpu")
+    q, k, v, bt, sl, vs, vl, vals, scale = args
+    bad = {
+        "q rank": (q[0], k, v, bt, sl, vs, vl, vals, scale),
+        "heads": (q[:, :7], k, v, bt, sl, vs, vl, vals, scale),
+        "head dim": (q[..., :16], k, v, bt, sl, vs, vl, vals, scale),
+        "cache dtype": (q, k.half(), v.half(), bt, sl, vs, vl, vals, scale),
+        "table dtype": (q, k, v, bt.long(), sl, vs, vl, vals, scale),
+        "seq_lens rows": (q, k, v, bt, sl[:1], vs, vl, vals, scale),
+        "runs shape": (q, k, v, bt, sl, vs, vl[:, :1], vals, scale),
+        "values heads": (q, k, v, bt, sl, vs, vl, vals[:, :1], scale),
+        "values dtype": (q, k, v, bt, sl, vs, vl, vals.double(), scale),
+        "scale": (q, k, v, bt, sl, vs, vl, vals, float("nan")),
+    }
+    for name, a in bad.items():
+        with pytest.raises(ValueError):
+            controlled_attention(*a)
+            pytest.fail(name)
+    with pytest.raises(ValueError, match="backend"):
+        controlled_attention(*args, backend="cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        controlled_attention(*args, backend="triton")
+    # runs outside the context are caught by the reference
+    with pytest.raises(ValueError, match="video runs"):
+        controlled_attention(q, k, v, bt, sl, vs + 25, vl, vals, scale, backend="torch")
