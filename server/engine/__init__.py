@@ -1,0 +1,1 @@
+"""The engine layer: request types, the EngineClient protocol and its vLLM implementation."""

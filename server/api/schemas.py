@@ -1,0 +1,113 @@
+"""Pydantic models of the HTTP API (the OpenAI chat-completions subset we serve).
+
+Validation happens here, at the edge; `to_generate_request` turns a valid body into the
+engine's plain dataclasses. Unknown top-level OpenAI fields are ignored (clients send many);
+unknown keys inside our own `vreason` object are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vreason.server.controller.params import VReasonParams
+from vreason.server.engine.types import (GenerateRequest, Message, SamplingOptions, TextPart,
+                                         VideoOptions, VideoPart)
+
+MAX_N = 8
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextContent(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class VideoURL(_Strict):
+    url: str
+
+
+class VideoContent(_Strict):
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextContent | VideoContent, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class MMProcessorKwargs(_Strict):
+    fps: float | None = Field(default=None, gt=0, le=60)
+    num_frames: int | None = Field(default=None, ge=2, le=4096)
+    max_pixels: int | None = Field(default=None, ge=28 * 28, le=4096 * 4096)
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    mm_processor_kwargs: MMProcessorKwargs | None = None
+    # Validated by VReasonParams (clear 400s naming the option), not by pydantic.
+    vreason: bool | dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop must be up to 4 non-empty strings")
+        return v
+
+    def vreason_params(self, default: VReasonParams | None) -> VReasonParams | None:
+        """Merge the request's `vreason` over the server default; None means off."""
+        if self.vreason is None:
+            return default if default is not None and default.enabled else None
+        if self.vreason is False:
+            return None
+        base = default or VReasonParams()
+        if self.vreason is True:
+            return VReasonParams.from_dict({"enabled": True}, base)
+        params = VReasonParams.from_dict({"enabled": True, **self.vreason}, base)
+        return params if params.enabled else None
+
+    def to_generate_request(self, request_id: str, vreason: VReasonParams | None) -> GenerateRequest:
+        msgs = []
+        for m in self.messages:
+            if isinstance(m.content, str):
+                msgs.append(Message(m.role, m.content))
+            else:
+                msgs.append(Message(m.role, tuple(
+                    TextPart(p.text) if isinstance(p, TextContent) else VideoPart(p.video_url.url)
+                    for p in m.content)))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        mm = self.mm_processor_kwargs or MMProcessorKwargs()
+        return GenerateRequest(
+            request_id=request_id, messages=tuple(msgs),
+            sampling=SamplingOptions(max_tokens=self.max_completion_tokens or self.max_tokens,
+                                     temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                     stop=stop, n=self.n),
+            video=VideoOptions(fps=mm.fps, num_frames=mm.num_frames, max_pixels=mm.max_pixels),
+            vreason=vreason)

@@ -1,0 +1,140 @@
+"""`vreason` command line: serve, make-demo-model. The only reader of argv and environment.
+
+Every `serve` flag can also be set by an environment variable VREASON_<FLAG> (dashes become
+underscores, e.g. VREASON_MAX_MODEL_LEN=8192); a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("vreason")
+
+
+def _env(name: str, default):
+    raw = os.environ.get("VREASON_" + name.upper().replace("-", "_"))
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    return type(default)(raw) if default is not None else raw
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VREASON_CACHE", Path.home() / ".cache" / "vreason"))
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from vreason.server.controller.params import VReasonParams
+
+    def add(flag, default, help, **kw):
+        name = flag.lstrip("-")
+        p.add_argument(flag, default=_env(name, default), help=f"{help} [env VREASON_{name.upper().replace('-', '_')}]", **kw)
+
+    add("--model", None, "model path or name; default: the embedded random demo model (built once)")
+    add("--served-model-name", None, "model name clients send; default: the model path, or 'vreason-demo'")
+    add("--host", "127.0.0.1", "bind address")
+    add("--port", 8000, "port", type=int)
+    add("--max-model-len", 4096, "context length (prompt + output tokens)", type=int)
+    add("--max-num-seqs", 16, "requests decoded together in one batch", type=int)
+    add("--dtype", "auto", "model dtype: auto, float32, bfloat16, float16")
+    add("--seed", 0, "engine seed", type=int)
+    add("--gpu-memory-utilization", None, "fraction of device memory for vLLM (on CPU: of RAM)", type=float)
+    add("--tensor-parallel-size", 1, "tensor parallel size (V-Reason needs 1)", type=int)
+    add("--kv-cache-gib", 1, "CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", type=int)
+    add("--limit-mm-per-prompt", '{"video": 1}', 'JSON, e.g. \'{"video": 2}\': videos allowed per request')
+    add("--allowed-local-media-path", None, "directory whose files may be sent as file:// video URLs")
+    add("--video-fps", 2.0, "default frame sampling rate (frames per second of video)", type=float)
+    add("--video-max-frames", 32, "cap on sampled frames per video", type=int)
+    add("--video-max-pixels", 112 * 112, "cap on pixels per sampled frame (resized down to fit)", type=int)
+    add("--video-max-bytes", 64 * 1024 * 1024, "cap on an encoded video's size in bytes", type=int)
+    add("--no-prefix-caching", False, "disable vLLM's prefix caching", action="store_true")
+    d = VReasonParams()
+    add("--vreason", "off", "V-Reason for requests that do not say: on or off", choices=["on", "off"])
+    add("--vreason-lr", d.lr, "default Adam learning rate", type=float)
+    add("--vreason-steps", d.steps, "default Adam steps per update", type=int)
+    add("--vreason-update-every", d.update_every, "default: update every N generated tokens", type=int)
+    add("--vreason-beta", d.beta, "default EMA factor of the entropy", type=float)
+    add("--vreason-norm-restore", d.norm_restore, "default norm restore", choices=["token", "none"])
+    add("--vreason-apply", d.apply, "default: sample the update step's token from updated logits (now) or not (next)",
+        choices=["now", "next"])
+    add("--vreason-targets", d.targets, "default controlled positions", choices=["video", "image", "visual"])
+    add("--log-level", "info", "log level")
+
+
+def _vreason_default(args):
+    from vreason.server.controller.params import VReasonParams
+
+    return VReasonParams(enabled=args.vreason == "on", lr=args.vreason_lr, steps=args.vreason_steps,
+                         update_every=args.vreason_update_every, beta=args.vreason_beta,
+                         norm_restore=args.vreason_norm_restore, apply=args.vreason_apply,
+                         targets=args.vreason_targets)
+
+
+def serve(args) -> int:
+    import uvicorn
+
+    from vreason.server.api.app import create_app
+    from vreason.server.controller.params import ParamError
+    from vreason.server.demo_model import ensure_demo_model, is_demo_model
+    from vreason.server.engine.vllm_engine import EngineConfig, VllmEngine
+    from vreason.server.video import VideoLimits
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        vreason_default = _vreason_default(args)
+        limits = json.loads(args.limit_mm_per_prompt)
+        video_limits = VideoLimits(max_bytes=args.video_max_bytes, max_frames=args.video_max_frames,
+                                   max_pixels=args.video_max_pixels)
+    except (ParamError, ValueError, TypeError) as e:
+        print(f"vreason serve: invalid option: {e}", file=sys.stderr)
+        return 2
+    model, name = args.model, args.served_model_name
+    if model is None:
+        model = str(ensure_demo_model(default_cache_dir()))
+        name = name or "vreason-demo"
+    if is_demo_model(model):
+        logger.warning("Serving the embedded RANDOM demo model from %s: its answers are meaningless. "
+                       "Pass --model to serve a real Qwen2.5-VL checkpoint.", model)
+    cfg = EngineConfig(
+        model=model, served_model_name=name, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        dtype=args.dtype, seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size, kv_cache_gib=args.kv_cache_gib,
+        limit_videos_per_prompt=int(limits.get("video", 1)),
+        allowed_local_media_path=args.allowed_local_media_path, video_limits=video_limits,
+        default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching)
+    app = create_app(VllmEngine(cfg), vreason_default=vreason_default)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    return 0
+
+
+def make_demo_model(args) -> int:
+    from vreason.server.demo_model import build_demo_model
+
+    out = build_demo_model(args.dir, seed=args.seed)
+    print(f"wrote the tiny random Qwen2.5-VL demo model to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vreason", description="V-Reason video QA server on vLLM")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the OpenAI-compatible server",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_serve_args(p)
+    p.set_defaults(func=serve)
+    p = sub.add_parser("make-demo-model", help="write the tiny random Qwen2.5-VL checkpoint to DIR")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=make_demo_model)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
