@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from vreason.server.engine.protocol import EngineClient
-from vreason.server.engine.traces import summarize
+from vreason.server.engine.traces import public_row, summarize
 from vreason.server.engine.types import EngineClientError, EngineUnavailable, GenerateRequest, Usage
 
 from .errors import APIError, error_body
@@ -107,8 +107,7 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
                           "finish_reason": d.finish_reason, "logprobs": None}
                 if traced and d.trace_rows:
                     rows[d.index].extend(d.trace_rows)
-                    choice["vreason"] = {"steps": [
-                        {k: r[k] for k in ("entropy", "ema", "alpha", "updated")} for r in d.trace_rows]}
+                    choice["vreason"] = {"steps": [public_row(r) for r in d.trace_rows]}
                 if traced and d.finish_reason is not None:
                     choice.setdefault("vreason", {})["summary"] = {
                         k: v for k, v in summarize(rows[d.index]).items() if k != "steps"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from vreason.server.controller.params import VReasonParams
 from vreason.server.engine.types import (GenerateRequest, Message, SamplingOptions, TextPart,
@@ -71,7 +71,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     mm_processor_kwargs: MMProcessorKwargs | None = None
     # Validated by VReasonParams (clear 400s naming the option), not by pydantic.
-    vreason: bool | dict[str, Any] | None = None
+    vreason: StrictBool | dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod

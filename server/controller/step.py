@@ -101,10 +101,10 @@ def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor
         alpha = s.switch.advance(float(h[i]))
         if s.params.force_alpha is not None:
             alpha = float(s.params.force_alpha)
+        s.trace.append({"entropy": float(h[i]), "ema": s.switch.ema, "alpha": alpha, "updated": False})
         if not math.isfinite(float(h[i])) or s.params.nan_at_step == s.switch.t:
             alpha = math.nan  # poisons this row's loss: its update is skipped, not applied
         alphas.append(alpha)
-        s.trace.append({"entropy": float(h[i]), "ema": s.switch.ema, "alpha": alpha, "updated": False})
         if s.switch.t % s.params.update_every == 0:
             if r.o is None or r.a is None:
                 raise RuntimeError(f"request {s.req_id}: update step without an attention pass")
@@ -127,7 +127,10 @@ def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor
         with torch.no_grad():
             o = torch.stack([_attend(cs[k], sub[k].a.float(), _current_vn(sub[k].state)) for k in now])
             res = torch.stack([sub[k].residual for k in now])
-            out[[updating[k] for k in now]] = tail_logits(o, res, weights).to(out.dtype)
+            z = tail_logits(o, res, weights)
+            out[[updating[k] for k in now]] = z.to(out.dtype)
+            for k, h_after in zip(now, entropy(z).tolist()):
+                sub[k].state.trace[-1]["entropy_after"] = h_after
     return out
 
 

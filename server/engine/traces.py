@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -102,6 +103,22 @@ class TraceHub:
                 self._requests[tag].changed.set()
 
 
+STEP_KEYS = ("entropy", "ema", "alpha", "updated")
+
+
+def public_row(row: dict) -> dict:
+    """A trace row as clients see it; `entropy_after` (entropy of the updated logits) when known."""
+    out = {k: _finite(row[k]) for k in STEP_KEYS}
+    if "entropy_after" in row:
+        out["entropy_after"] = _finite(row["entropy_after"])
+    return out
+
+
+def _finite(x):
+    """JSON has no NaN/inf: a non-finite number (a broken step) is reported as null."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def summarize(rows: list[dict]) -> dict:
     """The response's `vreason` object for one choice, from its per-token rows."""
     peak, peak_step = 0.0, None
@@ -112,5 +129,5 @@ def summarize(rows: list[dict]) -> dict:
         "updates": sum(1 for r in rows if r.get("updated")),
         "skipped_updates": sum(1 for r in rows if r.get("skipped")),
         "peak_step": peak_step,
-        "steps": [{k: r[k] for k in ("entropy", "ema", "alpha", "updated")} for r in rows],
+        "steps": [public_row(r) for r in rows],
     }

@@ -41,6 +41,7 @@ class VReasonRunnerMixin:
         self._vr_params: dict[str, VReasonParams | None] = {}
         self._vr_pusher = TracePusher()
         self._vr_tail = None
+        self.vreason_max_overlay_error = 0.0
 
     def _update_states(self, scheduler_output):
         self.vreason_calls["_update_states"] += 1
@@ -66,6 +67,7 @@ class VReasonRunnerMixin:
         return {"active_slots": len(self.vreason_states),
                 "controller_bytes": sum(s.nbytes() for s in self.vreason_states.values()),
                 "totals": dict(self.vreason_totals),
+                "max_overlay_error": self.vreason_max_overlay_error,
                 "calls": {**self.vreason_calls, **cap.calls}}
 
     def _params_of(self, req_id: str) -> VReasonParams | None:
@@ -92,7 +94,7 @@ class VReasonRunnerMixin:
         if self._vr_tail is None:
             self._vr_tail = model.vreason_tail_weights()
         layer = self.compilation_config.static_forward_context[cap.layer_name]
-        key_cache, value_cache = split_kv(layer.kv_cache, layer.attn_backend.get_name())
+        key_cache, value_cache = split_kv(layer.kv_cache, layer.attn_backend.get_name(), getattr(layer, "isa", None))
         meta = cap.metadata
         last_token = (meta.query_start_loc[1:num_reqs + 1] - 1).long()
 
@@ -113,12 +115,20 @@ class VReasonRunnerMixin:
                     q, key_cache, value_cache, meta.block_table[idx], meta.seq_lens[idx],
                     vid_start.to(q.device), vid_len.to(q.device), pad_values(sub).to(value_cache.dtype),
                     cap.scale)
+                self._vr_check_overlay(o, sub, cap.attn_out[last_token[idx]])
                 for j, k in enumerate(attend):
                     inputs[k].o = o[j].float().clone()
                     inputs[k].a = a[j, :, :states[k].num_positions].float().clone()
             new_logits = controller_step(inputs, self._vr_tail)
         state.logits[[i for i, _ in rows]] = new_logits.to(state.logits.dtype)
         self._vr_report(states, time.perf_counter() - t0)
+
+    def _vr_check_overlay(self, o, states, stock_rows) -> None:
+        """While dV == 0 the recomputed attention must equal the backend's own output."""
+        fresh = [j for j, s in enumerate(states) if not s.has_offset]
+        if fresh:
+            err = (o[fresh].reshape(len(fresh), -1).float() - stock_rows[fresh].float()).abs().max().item()
+            self.vreason_max_overlay_error = max(self.vreason_max_overlay_error, err)
 
     def _state_for(self, row: int, req_id: str, value_cache, meta) -> ControllerState:
         s = self.vreason_states.get(req_id)

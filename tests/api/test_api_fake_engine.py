@@ -1,0 +1,134 @@
+"""Front-end tests against a fake engine on app.state: validation, error shapes, SSE framing."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from vreason.server.api.app import create_app
+from vreason.server.engine.types import ChoiceDelta, EngineClientError, Usage
+
+
+class FakeEngine:
+    model_name = "fake"
+    max_model_len = 128
+
+    def __init__(self, ready=True, fail: Exception | None = None):
+        self.ready, self.fail, self.seen, self.aborted = ready, fail, [], []
+
+    def is_ready(self):
+        return self.ready
+
+    async def generate(self, request, usage: Usage):
+        self.seen.append(request)
+        if self.fail:
+            raise self.fail
+        usage.prompt_tokens = 5
+        for i, word in enumerate(["Hello", " world"], start=1):
+            usage.completion_tokens = i
+            rows = [{"entropy": 1.0 * i, "ema": 0.1 * i, "alpha": 1.0, "updated": i == 2}]
+            yield ChoiceDelta(0, word, i, "stop" if i == 2 else None,
+                              trace_rows=rows if request.vreason and request.vreason.trace else [])
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+    async def stats(self):
+        return {"active_slots": 0}
+
+
+def client_for(engine):
+    app = create_app(engine, manage_engine=False)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_non_stream_body():
+    async with client_for(FakeEngine()) as c:
+        r = await c.post("/v1/chat/completions", json=BODY)
+    assert r.status_code == 200
+    j = r.json()
+    assert j["choices"][0]["message"] == {"role": "assistant", "content": "Hello world"}
+    assert j["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert "vreason" not in j
+
+
+async def test_trace_summary():
+    async with client_for(FakeEngine()) as c:
+        r = await c.post("/v1/chat/completions", json={**BODY, "vreason": {"trace": True}})
+    tr = r.json()["vreason"]
+    assert tr["updates"] == 1 and tr["skipped_updates"] == 0 and tr["peak_step"] == 2
+    assert [s["entropy"] for s in tr["steps"]] == [1.0, 2.0]
+
+
+async def test_stream_framing_and_usage():
+    engine = FakeEngine()
+    async with client_for(engine) as c:
+        r = await c.post("/v1/chat/completions", json={**BODY, "stream": True,
+                                                         "stream_options": {"include_usage": True}})
+    events = [ln for ln in r.text.split("\n\n") if ln]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"]) == "Hello world"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 7
+    assert engine.aborted  # the stream's end always releases the request
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ({**BODY, "messages": []}, 400, "messages"),
+    ({**BODY, "temperature": "hot"}, 400, "temperature"),
+    ({**BODY, "n": 1000}, 400, "n"),
+    ({**BODY, "top_p": 0}, 400, "top_p"),
+    ({**BODY, "stream_options": {"include_usage": "yes please"}}, 400, "stream_options.include_usage"),
+    ({**BODY, "stream_options": {"bogus": True}}, 400, "stream_options.bogus"),
+    ({**BODY, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+    ({**BODY, "vreason": {"steps": 0}}, 400, "vreason.steps"),
+    ({**BODY, "vreason": {"norm_restore": "layer"}}, 400, "vreason.norm_restore"),
+    ({**BODY, "vreason": "yes"}, 400, "vreason"),
+    ({**BODY, "model": "other"}, 404, "model"),
+])
+async def test_validation_errors(body, status, param):
+    async with client_for(FakeEngine()) as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"]
+
+
+async def test_engine_client_error_and_not_ready():
+    fail = EngineClientError("bad video", param="messages", code="video_decode_failed")
+    async with client_for(FakeEngine(fail=fail)) as c:
+        r = await c.post("/v1/chat/completions", json=BODY)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "video_decode_failed"
+        r = await c.post("/v1/chat/completions", json={**BODY, "stream": True})
+        assert r.status_code == 400  # raised before the first chunk: a real status, not an SSE error
+    async with client_for(FakeEngine(ready=False)) as c:
+        assert (await c.get("/health")).status_code == 503
+        assert (await c.post("/v1/chat/completions", json=BODY)).status_code == 503
+
+
+async def test_vreason_defaults_merge():
+    from vreason.server.controller import VReasonParams
+
+    engine = FakeEngine()
+    app = create_app(engine, manage_engine=False, vreason_default=VReasonParams(enabled=True, lr=0.5))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        await c.post("/v1/chat/completions", json=BODY)
+        await c.post("/v1/chat/completions", json={**BODY, "vreason": {"steps": 3}})
+        await c.post("/v1/chat/completions", json={**BODY, "vreason": False})
+    a, b, off = engine.seen
+    assert a.vreason.lr == 0.5 and b.vreason.steps == 3 and b.vreason.lr == 0.5 and off.vreason is None

@@ -1,0 +1,101 @@
+"""Shared fixtures: the demo model (built once per session) and a real `vreason serve` on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+SERVER_START_TIMEOUT = 300
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Environment for engine subprocesses: no Triton interpreter (kernel tests set it)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    from vreason.server.demo_model import ensure_demo_model
+
+    cache = os.environ.get("VREASON_CACHE")
+    return ensure_demo_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    from vreason.clients.synth_video import write_moving_shapes_mp4
+
+    d = tmp_path_factory.mktemp("media")
+    write_moving_shapes_mp4(d / "shapes.mp4")
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, model: str):
+        self.url, self.proc, self.log, self.model = url, proc, log, model
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/vreason/stats", timeout=30).json()
+
+    def wait_idle(self, timeout: float = 20.0) -> dict:
+        """Wait until no controller slot is in use (finished requests are freed next step)."""
+        deadline = time.time() + timeout
+        while True:
+            s = self.stats()
+            if s["active_slots"] == 0 or time.time() > deadline:
+                return s
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def server(demo_model, media_dir, tmp_path_factory) -> Server:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [str(VENV_BIN / "vreason"), "serve", "--model", str(demo_model), "--served-model-name", "demo",
+           "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", "8",
+           "--allowed-local-media-path", str(media_dir), "--dtype", "float32"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + SERVER_START_TIMEOUT
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"server not healthy in {SERVER_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+    yield Server(url, proc, log, "demo")
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -1,0 +1,123 @@
+"""V-Reason through the real server: off == plain, traces, isolation, lifecycle, direction, faults."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.e2e.test_server_e2e import video_messages
+from vreason.server.controller import state_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def ask(client, server, url, vreason=None, max_tokens=16, **kw):
+    extra = {} if vreason is None else {"vreason": vreason}
+    return client.chat.completions.create(model=server.model, messages=video_messages(url), temperature=0,
+                                          max_tokens=max_tokens, extra_body=extra, **kw)
+
+
+@pytest.fixture
+def url(media_dir):
+    return f"file://{media_dir / 'shapes.mp4'}"
+
+
+def test_disabled_is_identical_to_plain(client, server, url):
+    plain = ask(client, server, url).choices[0].message.content
+    assert ask(client, server, url, vreason=False).choices[0].message.content == plain
+    assert ask(client, server, url, vreason={"enabled": False}).choices[0].message.content == plain
+    on = ask(client, server, url, vreason={"lr": 0.5, "update_every": 1}).choices[0].message.content
+    assert on != plain  # the demo model is sensitive enough for the controller to show
+
+
+def test_trace_shape_and_update_schedule(client, server, url):
+    r = ask(client, server, url, vreason={"trace": True, "update_every": 3, "steps": 2}, max_tokens=20)
+    tr = r.model_extra["vreason"]
+    assert set(tr) == {"updates", "skipped_updates", "peak_step", "steps"}
+    assert len(tr["steps"]) == r.usage.completion_tokens
+    assert [s["updated"] for s in tr["steps"]] == [t % 3 == 0 for t in range(1, len(tr["steps"]) + 1)]
+    assert tr["updates"] == sum(s["updated"] for s in tr["steps"]) and tr["skipped_updates"] == 0
+    for s in tr["steps"]:
+        assert {"entropy", "ema", "alpha", "updated"} <= set(s) <= {"entropy", "ema", "alpha", "updated",
+                                                                       "entropy_after"}
+        assert s["alpha"] in (-1.0, 1.0) and ("entropy_after" in s) == s["updated"]
+    assert isinstance(tr["peak_step"], int)
+    assert max(s["entropy"] for s in tr["steps"]) - min(s["entropy"] for s in tr["steps"]) > 1.0
+
+
+def test_stream_carries_per_token_rows(client, server, url):
+    chunks = list(ask(client, server, url, vreason={"trace": True}, max_tokens=8, stream=True))
+    rows = [s for c in chunks if c.choices for s in (c.choices[0].model_extra.get("vreason") or {}).get("steps", [])]
+    n_tokens = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    assert len(rows) >= n_tokens > 0
+    assert "summary" in chunks[-1].choices[0].model_extra["vreason"]
+
+
+def _steps(client, server, url, **vr):
+    return ask(client, server, url, vreason={"trace": True, **vr}, max_tokens=24).model_extra["vreason"]["steps"]
+
+
+@pytest.mark.parametrize("alpha", [-1, 1])
+def test_forced_alpha_moves_the_updated_logits(client, server, url, alpha):
+    """Each update moves the current step's entropy the way alpha says (apply=now)."""
+    steps = _steps(client, server, url, lr=0.1, update_every=1, force_alpha=alpha)
+    moved = [alpha * (s["entropy_after"] - s["entropy"]) for s in steps]
+    assert sum(m > 0 for m in moved) >= 0.9 * len(moved), moved
+
+
+def test_forced_low_entropy_lowers_following_steps(client, server, url):
+    def mean_later(steps):
+        return sum(s["entropy"] for s in steps[1:]) / (len(steps) - 1)
+
+    base = mean_later(_steps(client, server, url, update_every=4096))  # never updates: stock trace
+    low = mean_later(_steps(client, server, url, lr=0.5, steps=2, update_every=1, force_alpha=-1))
+    assert low < base, (low, base)
+
+
+def test_nan_loss_skips_update_and_completes(client, server, url):
+    r = ask(client, server, url, vreason={"trace": True, "update_every": 1, "nan_at_step": 2}, max_tokens=6)
+    tr = r.model_extra["vreason"]
+    assert tr["skipped_updates"] == 1 and not tr["steps"][1]["updated"]
+    assert r.choices[0].finish_reason in ("length", "stop")
+    assert server.wait_idle()["totals"]["skipped_updates"] >= 1
+
+
+def test_plain_request_unchanged_next_to_controlled_ones(client, server, url):
+    alone = ask(client, server, url, max_tokens=20).choices[0].message.content
+    knobs = [{"lr": 0.3, "update_every": 1}, {"lr": 0.1, "update_every": 2, "steps": 2, "apply": "next"}]
+    solo = [ask(client, server, url, vreason=k, max_tokens=20).choices[0].message.content for k in knobs]
+    with ThreadPoolExecutor(6) as ex:
+        futs = [ex.submit(ask, client, server, url, None, 20)]
+        futs += [ex.submit(ask, client, server, url, k, 20) for k in knobs * 2]
+        out = [f.result().choices[0].message.content for f in futs]
+    assert out[0] == alone
+    assert out[1:] == solo * 2
+
+
+def test_slots_freed_on_finish_and_on_disconnect(client, server, url):
+    ask(client, server, url, vreason={"update_every": 1}, max_tokens=4)
+    assert server.wait_idle()["active_slots"] == 0
+    body = {"model": server.model, "messages": video_messages(url), "max_tokens": 2000, "stream": True,
+            "vreason": {"update_every": 1}, "temperature": 0}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 6:
+                stats = server.stats()
+                break
+    assert stats["active_slots"] == 1
+    # 4 frames -> 2 temporal x (4 x 4) merged patches = 32 video tokens; 2 KV heads, head_dim 32
+    assert stats["controller_bytes"] == state_bytes(2, 32, 32)
+    after = server.wait_idle()
+    assert after["active_slots"] == 0 and after["controller_bytes"] == 0
+
+
+def test_overridden_seams_are_called(client, server, url):
+    ask(client, server, url, vreason={"update_every": 1}, max_tokens=3)
+    stats = server.stats()
+    for seam in ("_update_states", "_model_forward", "sample_tokens", "layer_pre_hook", "attention_hook"):
+        assert stats["calls"].get(seam, 0) > 0, f"vLLM no longer calls {seam}"
+    # The recomputed last-layer attention (paged read with the backend's own K/V split)
+    # matches the backend's output while dV == 0.
+    assert stats["max_overlay_error"] < 1e-4
