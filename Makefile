@@ -38,7 +38,7 @@ test-fast: setup
 
 # Regenerate requirements/cpu.lock from the current CPU venv (after changing a pin).
 lock:
-	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^vreason' > requirements/cpu.lock
+	$(VENV)/bin/pip freeze --all --exclude-editable | grep -vE '^(vreason|pip)==' > requirements/cpu.lock
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,7 +21,7 @@ import torch
 
 from vreason.kernels.controlled_attention import controlled_attention
 from vreason.server.controller import (ControllerState, RowInputs, VReasonParams, controller_step,
-                                       needs_attention, pad_values)
+                                       needs_attention, pad_values, tail_logits)
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 
 from .paged_cache import gather_positions, split_kv, token_runs
@@ -42,6 +42,7 @@ class VReasonRunnerMixin:
         self._vr_pusher = TracePusher()
         self._vr_tail = None
         self.vreason_max_overlay_error = 0.0
+        self.vreason_max_tail_error = 0.0
 
     def _update_states(self, scheduler_output):
         self.vreason_calls["_update_states"] += 1
@@ -68,6 +69,7 @@ class VReasonRunnerMixin:
                 "controller_bytes": sum(s.nbytes() for s in self.vreason_states.values()),
                 "totals": dict(self.vreason_totals),
                 "max_overlay_error": self.vreason_max_overlay_error,
+                "max_tail_error": self.vreason_max_tail_error,
                 "calls": {**self.vreason_calls, **cap.calls}}
 
     def _params_of(self, req_id: str) -> VReasonParams | None:
@@ -115,7 +117,8 @@ class VReasonRunnerMixin:
                     q, key_cache, value_cache, meta.block_table[idx], meta.seq_lens[idx],
                     vid_start.to(q.device), vid_len.to(q.device), pad_values(sub).to(value_cache.dtype),
                     cap.scale)
-                self._vr_check_overlay(o, sub, cap.attn_out[last_token[idx]])
+                self._vr_check_overlay(o, sub, cap.attn_out[last_token[idx]], state.logits[idx],
+                                       cap.residual[last_token[idx]])
                 for j, k in enumerate(attend):
                     inputs[k].o = o[j].float().clone()
                     inputs[k].a = a[j, :, :states[k].num_positions].float().clone()
@@ -123,12 +126,17 @@ class VReasonRunnerMixin:
         state.logits[[i for i, _ in rows]] = new_logits.to(state.logits.dtype)
         self._vr_report(states, time.perf_counter() - t0)
 
-    def _vr_check_overlay(self, o, states, stock_rows) -> None:
-        """While dV == 0 the recomputed attention must equal the backend's own output."""
+    def _vr_check_overlay(self, o, states, stock_attn, stock_logits, residual) -> None:
+        """While dV == 0, the recomputed attention must equal the backend's own output and the
+        plain-torch tail must reproduce vLLM's logits; the worst errors are kept in the stats."""
         fresh = [j for j, s in enumerate(states) if not s.has_offset]
         if fresh:
-            err = (o[fresh].reshape(len(fresh), -1).float() - stock_rows[fresh].float()).abs().max().item()
+            o = o[fresh].reshape(len(fresh), -1).float()
+            err = (o - stock_attn[fresh].float()).abs().max().item()
             self.vreason_max_overlay_error = max(self.vreason_max_overlay_error, err)
+            z = tail_logits(stock_attn[fresh].float(), residual[fresh].float(), self._vr_tail)
+            err = (z - stock_logits[fresh].float()).abs().max().item()
+            self.vreason_max_tail_error = max(self.vreason_max_tail_error, err)
 
     def _state_for(self, row: int, req_id: str, value_cache, meta) -> ControllerState:
         s = self.vreason_states.get(req_id)
