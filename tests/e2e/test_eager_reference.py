@@ -1,0 +1,57 @@
+"""The server's V-Reason (batched, in vLLM) against the eager HF-transformers oracle, greedy fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.e2e.test_server_e2e import video_messages
+from tests.reference.eager_vreason import eager_generate
+from vreason.server.controller import VReasonParams
+from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolve_video_url
+
+pytestmark = pytest.mark.slow
+QUESTION = "What moves in this video?"
+MAX_TOKENS = 32
+
+KNOBS = [
+    {"update_every": 1, "steps": 2, "lr": 0.1},
+    {"update_every": 3, "steps": 1, "lr": 0.1, "apply": "next", "norm_restore": "none"},
+    {"update_every": 2, "steps": 1, "lr": 0.05, "beta": 0.9},
+]
+
+
+@pytest.fixture(scope="module")
+def hf(demo_model, media_dir):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    proc = AutoProcessor.from_pretrained(demo_model)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_model, dtype=torch.float32).eval()
+    url = f"file://{media_dir / 'shapes.mp4'}"
+    limits = VideoLimits()  # the server's defaults
+    video = decode_video(resolve_video_url(url, allowed_local_media_path=str(media_dir), limits=limits),
+                         SamplingSpec(fps=2.0), limits)
+    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    meta = {k: v for k, v in video.metadata.items() if k != "do_sample_frames"}
+    inputs = proc(text=[text], videos=[video.frames], return_tensors="pt",
+                  videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]})
+    return proc, model, inputs, url
+
+
+@pytest.mark.parametrize("knobs", KNOBS, ids=["every1-steps2-now", "every3-next-nonorm", "every2-beta0.9"])
+def test_server_trace_and_tokens_match_eager_reference(client, server, hf, knobs):
+    proc, model, inputs, url = hf
+    r = client.chat.completions.create(model=server.model, messages=video_messages(url, QUESTION),
+                                       max_tokens=MAX_TOKENS, temperature=0,
+                                       extra_body={"vreason": {**knobs, "trace": True}})
+    steps = r.model_extra["vreason"]["steps"]
+    tokens, rows = eager_generate(model, inputs, model.config.video_token_id, model.config.text_config.eos_token_id,
+                                  MAX_TOKENS, VReasonParams.from_dict(knobs))
+    assert len(rows) == len(steps) == r.usage.completion_tokens >= 32
+    assert r.choices[0].message.content == proc.tokenizer.decode(tokens, skip_special_tokens=True)
+    for t, (mine, ref) in enumerate(zip(steps, rows), start=1):
+        assert mine["entropy"] == pytest.approx(ref["entropy"], abs=1e-3), t
+        assert mine["ema"] == pytest.approx(ref["ema"], abs=1e-3), t
+        assert (mine["alpha"], mine["updated"]) == (ref["alpha"], ref["updated"]), t
+    assert max(s["entropy"] for s in steps) - min(s["entropy"] for s in steps) > 1.0
