@@ -1,0 +1,108 @@
+"""V-Reason on vs off through the real server, same prompts, same run, several concurrency levels.
+
+Starts `vreason serve` on 127.0.0.1 (the demo model unless --model), sends the same video
+question with V-Reason off and on (default knobs) at each concurrency level, interleaving the
+two modes, and prints generated tokens/s for each and the on/off ratio as a Markdown table.
+
+    .venv/bin/python bench/vreason_throughput.py [--model DIR] [--concurrency 1 4 16] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str | None, media: Path, max_num_seqs: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "vreason"), "serve", "--port", str(port), "--dtype", "float32",
+           "--max-num-seqs", str(max_num_seqs), "--allowed-local-media-path", str(media),
+           "--served-model-name", "bench"]
+    if model:
+        cmd += ["--model", model]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("server exited during start-up")
+        time.sleep(1)
+    proc.kill()
+    raise SystemExit("server did not become healthy")
+
+
+async def run_level(url: str, video_url: str, concurrency: int, requests: int, max_tokens: int,
+                    vreason: bool) -> tuple[int, float]:
+    body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "vreason": vreason,
+            "messages": [{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": video_url}},
+                {"type": "text", "text": "Describe the motion in this video step by step."}]}]}
+    sem = asyncio.Semaphore(concurrency)
+    tokens = 0
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def one():
+            nonlocal tokens
+            async with sem:
+                r = await client.post(f"{url}/v1/chat/completions", json=body)
+                r.raise_for_status()
+                tokens += r.json()["usage"]["completion_tokens"]
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(requests)))
+        return tokens, time.perf_counter() - t0
+
+
+async def main_async(args) -> None:
+    from vreason.clients.synth_video import write_moving_shapes_mp4
+
+    media = Path(tempfile.mkdtemp(prefix="vreason-bench-"))
+    video = write_moving_shapes_mp4(media / "clip.mp4")
+    proc, url = start_server(args.model, media, max(args.concurrency))
+    try:
+        await run_level(url, f"file://{video}", 2, 2, 8, True)  # warm-up both paths
+        await run_level(url, f"file://{video}", 2, 2, 8, False)
+        print(f"| concurrency | requests | off tok/s | on tok/s | on/off |\n|---|---|---|---|---|")
+        for c in args.concurrency:
+            n = max(args.min_requests, 2 * c)
+            rates = {}
+            for mode in (False, True, False, True):  # interleaved: drift hits both modes alike
+                tok, sec = await run_level(url, f"file://{video}", c, n, args.max_tokens, mode)
+                rates.setdefault(mode, []).append(tok / sec)
+            off, on = (sum(rates[m]) / len(rates[m]) for m in (False, True))
+            print(f"| {c} | {n} x2 | {off:.1f} | {on:.1f} | {on / off:.2f} |", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--min-requests", type=int, default=8)
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
