@@ -67,13 +67,24 @@ def test_forced_alpha_moves_the_updated_logits(client, server, url, alpha):
     assert sum(m > 0 for m in moved) >= 0.9 * len(moved), moved
 
 
-def test_forced_low_entropy_lowers_following_steps(client, server, url):
+def test_forced_alpha_moves_following_steps(client, server, url):
+    """Forcing alpha=-1 lowers, +1 raises the mean entropy of the following steps vs V-Reason off."""
     def mean_later(steps):
         return sum(s["entropy"] for s in steps[1:]) / (len(steps) - 1)
 
+    knobs = {"lr": 0.5, "steps": 2, "update_every": 1}
     base = mean_later(_steps(client, server, url, update_every=4096))  # never updates: stock trace
-    low = mean_later(_steps(client, server, url, lr=0.5, steps=2, update_every=1, force_alpha=-1))
-    assert low < base, (low, base)
+    low = mean_later(_steps(client, server, url, force_alpha=-1, **knobs))
+    high = mean_later(_steps(client, server, url, force_alpha=1, **knobs))
+    assert low < base < high, (low, base, high)
+
+
+def test_trace_per_choice_when_n_is_2(client, server, url):
+    r = client.chat.completions.create(model=server.model, messages=video_messages(url), max_tokens=8, n=2,
+                                       seed=1, temperature=0.8, extra_body={"vreason": {"trace": True}})
+    per_choice = r.model_extra["vreason"]["choices"]
+    assert len(per_choice) == 2 == len(r.choices)
+    assert sum(len(c["steps"]) for c in per_choice) == r.usage.completion_tokens
 
 
 def test_nan_loss_skips_update_and_completes(client, server, url):
