@@ -7,6 +7,7 @@ import math
 import torch
 
 from .._utils import check, check_dtype, check_same_device, check_shape, use_triton
+from .batched import controlled_attention_batched
 from .reference import controlled_attention_reference
 
 __all__ = ["controlled_attention"]
@@ -44,8 +45,9 @@ def controlled_attention(
             hold at most P positions (checked by the reference only: no host sync on GPU).
         values: [R, Hkv, P, D] controlled values, fp32 or the dtype of q.
         scale: softmax scale.
-        backend: "auto" (Triton on CUDA, torch otherwise), "torch", or "triton" (CUDA, or CPU
-            under TRITON_INTERPRET=1).
+        backend: "auto" (Triton on CUDA, the vectorised torch path otherwise), "torch" (the
+            reference, which also checks the runs), or "triton" (CUDA, or CPU under
+            TRITON_INTERPRET=1).
 
     Returns:
         out: [R, Hq, D], dtype of q: softmax(scale * q K^T) @ V with the overlay, fp32 math.
@@ -95,6 +97,5 @@ def controlled_attention(
         return controlled_attention_triton(
             q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale)
         )
-    return controlled_attention_reference(
-        q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale)
-    )
+    impl = controlled_attention_batched if backend == "auto" else controlled_attention_reference
+    return impl(q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale))

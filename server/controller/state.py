@@ -31,7 +31,6 @@ class ControllerState:
     updates: int = 0
     skipped_updates: int = 0
     trace: list[dict] = field(default_factory=list)
-    adam_step_in_update: int = 0
     update_failed: bool = False
 
     @classmethod

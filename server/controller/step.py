@@ -4,7 +4,9 @@ Inputs come from the runner after the model forward: the stock logits of each co
 and, for rows that need it, the last layer's attention output `o` and weights `a` at the
 controlled positions, computed with the request's current controlled values Vn. Because the
 query and keys do not change during the inner steps, o = c + a . Vn with c constant, so the
-Adam steps need only dense ops plus the tail; one tail pass serves every updating row.
+Adam steps need only dense ops plus the tail. Requests of different video lengths are padded
+to one [S, Hkv, Pmax, D] batch (padding has V0 = 0 and a = 0, so it gets no gradient): one
+tail forward and one backward per inner step serve every updating request.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .adam import adam_step
+from .adam import BETA1, BETA2, EPS
 from .objective import entropy
 from .state import ControllerState
 from .tail import TailWeights, tail_logits
@@ -38,54 +40,101 @@ def needs_attention(state: ControllerState) -> bool:
     return state.has_offset or state.updates_at_next_step()
 
 
-def _current_vn(s: ControllerState) -> torch.Tensor:
-    return controlled_values(s.v0, s.delta, s.params.norm_restore)
+def _pad(t: torch.Tensor, p_max: int, dim: int) -> torch.Tensor:
+    pad = [0, 0] * (t.dim() - 1 - dim) + [0, p_max - t.shape[dim]]
+    return F.pad(t, pad)
 
 
-def _attend(c: torch.Tensor, a: torch.Tensor, vn: torch.Tensor) -> torch.Tensor:
-    """c: [Hq, D], a: [Hq, P], vn: [Hkv, P, D] -> o: [Hq*D] (query head g reads KV head g // G)."""
-    vn = vn.repeat_interleave(a.shape[0] // vn.shape[0], dim=0)
-    return (c + torch.einsum("gp,gpd->gd", a, vn)).reshape(-1)
+def _batched_vn(v0, delta, norm_rows):
+    """Controlled values of a padded batch; norm restore only for rows flagged in norm_rows."""
+    normed = controlled_values(v0, delta, "token")
+    return torch.where(norm_rows[:, None, None, None], normed, v0 + delta)
 
 
-def _optimise(rows: list[RowInputs], alphas: list[float], weights: TailWeights) -> list[torch.Tensor]:
-    """Run `steps` Adam steps on each row's dV; returns each row's constant part c."""
-    cs = []
-    for r in rows:
-        a = r.a.float()
-        vn = _current_vn(r.state).repeat_interleave(a.shape[0] // r.state.v0.shape[0], dim=0)
-        cs.append(r.o.float() - torch.einsum("gp,gpd->gd", a, vn))
-    residual = torch.stack([r.residual.float() for r in rows])
-    live = list(range(len(rows)))
-    for _ in range(max(r.state.params.steps for r in rows)):
-        live = [i for i in live if rows[i].state.params.steps > rows[i].state.adam_step_in_update]
+def _attend(c, a, vn):
+    """c: [S, Hq, D], a: [S, Hq, P], vn: [S, Hkv, P, D] -> o: [S, Hq*D]."""
+    vn = vn.repeat_interleave(a.shape[1] // vn.shape[1], dim=1)
+    return (c + torch.einsum("sgp,sgpd->sgd", a, vn)).flatten(1)
+
+
+class _Batch:
+    """The updating requests' state gathered into padded tensors, written back by `store`."""
+
+    def __init__(self, rows: list[RowInputs]):
+        self.rows = rows
+        self.states = [r.state for r in rows]
+        self.p_max = max(1, max(s.num_positions for s in self.states))
+        stack = lambda ts, dim: torch.stack([_pad(t.float(), self.p_max, dim) for t in ts])  # noqa: E731
+        self.v0 = stack([s.v0 for s in self.states], 1)
+        self.delta = stack([s.delta for s in self.states], 1)
+        self.exp_avg = stack([s.exp_avg for s in self.states], 1)
+        self.exp_avg_sq = stack([s.exp_avg_sq for s in self.states], 1)
+        self.a = stack([r.a for r in rows], 1)
+        self.residual = torch.stack([r.residual.float() for r in rows])
+        self.norm_rows = torch.tensor([s.params.norm_restore == "token" for s in self.states],
+                                      device=self.v0.device)
+        vn = _batched_vn(self.v0, self.delta, self.norm_rows)
+        o = torch.stack([r.o.float() for r in rows])
+        self.c = o - _attend(torch.zeros_like(o), self.a, vn).view_as(o)
+
+    def store(self) -> None:
+        for i, s in enumerate(self.states):
+            p = s.num_positions
+            s.delta.copy_(self.delta[i, :, :p])
+            s.exp_avg.copy_(self.exp_avg[i, :, :p])
+            s.exp_avg_sq.copy_(self.exp_avg_sq[i, :, :p])
+
+    def attention_out(self, idx: list[int], delta: torch.Tensor) -> torch.Tensor:
+        """Attention output [len(idx), Hq*D] of requests `idx` with offsets `delta`."""
+        return _attend(self.c[idx], self.a[idx], _batched_vn(self.v0[idx], delta, self.norm_rows[idx]))
+
+
+def _adam(b: _Batch, idx: list[int], grad: torch.Tensor) -> None:
+    """torch.optim.Adam semantics per request; bias corrections in float64 like torch's."""
+    steps = [b.states[i].adam_step for i in idx]
+    bc1 = torch.tensor([1 - BETA1 ** t for t in steps], dtype=torch.float64)
+    bc2 = torch.tensor([1 - BETA2 ** t for t in steps], dtype=torch.float64)
+    lr = torch.tensor([b.states[i].params.lr for i in idx], dtype=torch.float64)
+    shape = (len(idx), 1, 1, 1)
+    step_size = (lr / bc1).float().view(shape).to(grad.device)
+    bc2_sqrt = bc2.sqrt().float().view(shape).to(grad.device)
+    m = b.exp_avg[idx].lerp_(grad, 1 - BETA1)
+    v = b.exp_avg_sq[idx].mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
+    b.exp_avg[idx], b.exp_avg_sq[idx] = m, v
+    b.delta[idx] = b.delta[idx] - step_size * m / ((v.sqrt() / bc2_sqrt).add_(EPS))
+
+
+def _optimise(b: _Batch, alphas: list[float], weights: TailWeights) -> None:
+    """Run each request's `steps` Adam steps; a non-finite loss or gradient stops its update."""
+    for k in range(max(s.params.steps for s in b.states)):
+        live = [i for i, s in enumerate(b.states) if s.params.steps > k and not s.update_failed]
         if not live:
             break
         with torch.inference_mode(False), torch.enable_grad():
-            deltas = [rows[i].state.delta.clone().requires_grad_(True) for i in live]
-            os = [_attend(cs[i], rows[i].a.float(),
-                          controlled_values(rows[i].state.v0, d, rows[i].state.params.norm_restore))
-                  for i, d in zip(live, deltas)]
-            logits = tail_logits(torch.stack(os), residual[live], weights)
-            alpha = torch.tensor([alphas[i] for i in live], dtype=torch.float32, device=logits.device)
-            per_row = alpha * (math.log(logits.shape[-1]) - entropy(logits))
-            grads = torch.autograd.grad(per_row.sum(), deltas, allow_unused=True)
-        for i, loss, g in zip(live, per_row.detach(), grads):
-            s = rows[i].state
-            s.adam_step_in_update += 1
-            if g is None or not bool(torch.isfinite(loss)) or not bool(torch.isfinite(g).all()):
-                s.update_failed = True
-                continue
-            s.adam_step += 1
-            adam_step(s.delta, g, s.exp_avg, s.exp_avg_sq, s.adam_step, s.params.lr)
-    return cs
+            delta = b.delta[live].clone().requires_grad_(True)
+            o = b.attention_out(live, delta)
+            z = tail_logits(o, b.residual[live], weights)
+            alpha = torch.tensor([alphas[i] for i in live], dtype=torch.float32, device=z.device)
+            per_row = alpha * (math.log(z.shape[-1]) - entropy(z))
+            (grad,) = torch.autograd.grad(per_row.sum(), delta)
+        ok_mask = torch.isfinite(per_row.detach()) & torch.isfinite(grad).flatten(1).all(1)
+        ok = []
+        for j, i in enumerate(live):
+            if bool(ok_mask[j]):
+                b.states[i].adam_step += 1
+                ok.append(j)
+            else:
+                b.states[i].update_failed = True
+        if ok:
+            _adam(b, [live[j] for j in ok], grad[ok])
 
 
 def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor:
     """Advance every row by one generated step; returns the logits to sample from, [R, V].
 
-    Appends one trace row per request: entropy H_t, EMA E_t, alpha_t and whether an update ran.
-    A non-finite loss or gradient skips that request's update (counted in skipped_updates).
+    Appends one trace row per request: entropy H_t, EMA E_t, alpha_t and whether an update ran
+    (plus the entropy of the updated logits when they are used). A non-finite loss or gradient
+    skips that request's update (counted in skipped_updates).
     """
     out = torch.stack([r.logits for r in rows]).clone()
     with torch.no_grad():
@@ -94,48 +143,51 @@ def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor
             o = torch.stack([rows[i].o.reshape(-1) for i in with_offset])
             res = torch.stack([rows[i].residual for i in with_offset])
             out[with_offset] = tail_logits(o, res, weights).to(out.dtype)
-        h = entropy(out)
+        h = entropy(out).tolist()
     alphas, updating = [], []
     for i, r in enumerate(rows):
         s = r.state
-        alpha = s.switch.advance(float(h[i]))
+        alpha = s.switch.advance(h[i])
         if s.params.force_alpha is not None:
             alpha = float(s.params.force_alpha)
-        s.trace.append({"entropy": float(h[i]), "ema": s.switch.ema, "alpha": alpha, "updated": False})
-        if not math.isfinite(float(h[i])) or s.params.nan_at_step == s.switch.t:
+        s.trace.append({"entropy": h[i], "ema": s.switch.ema, "alpha": alpha, "updated": False})
+        if s.switch.t % s.params.update_every != 0:
+            continue
+        if r.o is None or r.a is None:
+            raise RuntimeError(f"request {s.req_id}: update step without an attention pass")
+        if not math.isfinite(h[i]) or s.params.nan_at_step == s.switch.t:
             alpha = math.nan  # poisons this row's loss: its update is skipped, not applied
+        s.update_failed = False
         alphas.append(alpha)
-        if s.switch.t % s.params.update_every == 0:
-            if r.o is None or r.a is None:
-                raise RuntimeError(f"request {s.req_id}: update step without an attention pass")
-            s.adam_step_in_update, s.update_failed = 0, False
-            updating.append(i)
+        updating.append(i)
     if not updating:
         return out
-    sub = [rows[i] for i in updating]
-    cs = _optimise(sub, [alphas[i] for i in updating], weights)
-    for i, r, c in zip(updating, sub, cs):
-        s = r.state
+    batch = _Batch([rows[i] for i in updating])
+    _optimise(batch, alphas, weights)
+    batch.store()
+    now = []
+    for k, (i, s) in enumerate(zip(updating, batch.states)):
         if s.update_failed:
             s.skipped_updates += 1
             s.trace[-1]["skipped"] = True
-        else:
-            s.updates += 1
-            s.trace[-1]["updated"] = True
-    now = [k for k, r in enumerate(sub) if r.state.params.apply == "now" and not r.state.update_failed]
+            continue
+        s.updates += 1
+        s.trace[-1]["updated"] = True
+        if s.params.apply == "now":
+            now.append(k)
     if now:
         with torch.no_grad():
-            o = torch.stack([_attend(cs[k], sub[k].a.float(), _current_vn(sub[k].state)) for k in now])
-            res = torch.stack([sub[k].residual for k in now])
-            z = tail_logits(o, res, weights)
-            out[[updating[k] for k in now]] = z.to(out.dtype)
-            for k, h_after in zip(now, entropy(z).tolist()):
-                sub[k].state.trace[-1]["entropy_after"] = h_after
+            o = batch.attention_out(now, batch.delta[now])
+            z = tail_logits(o, batch.residual[now], weights)
+        out[[updating[k] for k in now]] = z.to(out.dtype)
+        for k, h_after in zip(now, entropy(z).tolist()):
+            batch.states[k].trace[-1]["entropy_after"] = h_after
     return out
 
 
 def pad_values(states: list[ControllerState]) -> torch.Tensor:
     """The current Vn of each request, zero-padded to the longest: [R, Hkv, Pmax, D]."""
-    p_max = max(s.num_positions for s in states)
+    p_max = max(1, max(s.num_positions for s in states))
     with torch.no_grad():
-        return torch.stack([F.pad(_current_vn(s), (0, 0, 0, p_max - s.num_positions)) for s in states])
+        return torch.stack([_pad(controlled_values(s.v0, s.delta, s.params.norm_restore), p_max, 1)
+                            for s in states])

@@ -76,7 +76,7 @@ class VReasonRunnerMixin:
         if req_id not in self._vr_params:
             extra = self.requests[req_id].sampling_params.extra_args or {}
             raw = extra.get(EXTRA_ARGS_KEY)
-            params = VReasonParams.from_dict(raw) if raw else None
+            params = VReasonParams.from_dict(raw) if raw is not None else None
             self._vr_params[req_id] = params if params is not None and params.enabled else None
         return self._vr_params[req_id]
 

@@ -120,7 +120,9 @@ def test_reference_matches_dense(case, dtype, assert_close):
 
 
 def test_reference_both_cache_splits_agree_with_dense(assert_close):
-    """vLLM's GPU split kv[..., :D] and CPU split view(2N).chunk(2) of one [B, H, N, 2D] buffer."""
+    """Two stride patterns over one [B, H, N, 2D] buffer: kv[..., :D] (vLLM's FlashAttention split)
+    and view(2N).chunk(2) (a block-major split; vLLM's CPU backend in fact stores keys transposed,
+    see server/vllm_ext/paged_cache.py)."""
     for layout in ("gpu", "cpu"):
         args = make_inputs(Case((41, 66), 2, 4, 32, 16, 2, layout), torch.float32, 3, "cpu")
         assert not args[1].is_contiguous() or layout == "cpu"
@@ -132,6 +134,16 @@ def test_reference_both_cache_splits_agree_with_dense(assert_close):
     kv = torch.arange(2 * 4 * 3 * 2 * 8, dtype=torch.float32).view(2, 4, 3, 16)
     k_cpu, _ = kv.view(2, 4, 6, 8).chunk(2, dim=2)
     assert torch.equal(k_cpu[1, 2, 1], kv[1, 2].reshape(-1)[8:16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_batched_torch_path_matches_reference(case, dtype, assert_close):
+    args = make_inputs(case, dtype, seed=5, device="cpu")
+    out, weights = controlled_attention(*args)  # "auto" on CPU: the vectorised path
+    ref_out, ref_w = controlled_attention_reference(*args)
+    assert_close("out", ref_out, out, 1e-5 if dtype == torch.float32 else 1e-2)
+    assert_close("weights", ref_w, weights, 1e-5)
 
 
 def _run_triton(case, dtype, seed, device, **kw):
