@@ -54,6 +54,16 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--video-max-pixels", 112 * 112, "cap on pixels per sampled frame (resized down to fit)", type=int)
     add("--video-max-bytes", 64 * 1024 * 1024, "cap on an encoded video's size in bytes", type=int)
     add("--no-prefix-caching", False, "disable vLLM's prefix caching", action="store_true")
+    add("--data-parallel-size", 1, "vLLM data-parallel engine replicas in this server", type=int)
+    add("--enforce-eager", True, "accepted for vllm-serve compatibility; V-Reason always runs vLLM eagerly",
+        action="store_true")
+    add("--api-key", None, "require 'Authorization: Bearer KEY' on every route but /health and /metrics")
+    add("--allowed-origins", "", "comma-separated CORS origins (empty: no CORS)")
+    add("--max-body-bytes", 100 * 1024 * 1024, "largest request body accepted (413 above)", type=int)
+    add("--max-queue", 256, "chat requests admitted at once, running + waiting (429 above)", type=int)
+    add("--request-timeout", 600.0, "seconds before a chat request is aborted (504)", type=float)
+    add("--reasoning-split", "on", "move <think>...</think> text to message.reasoning", choices=["on", "off"])
+    add("--log-format", "json", "log lines as JSON objects or plain text", choices=["json", "text"])
     d = VReasonParams()
     add("--vreason", "off", "V-Reason for requests that do not say: on or off", choices=["on", "off"])
     add("--vreason-lr", d.lr, "default Adam learning rate", type=float)
@@ -85,9 +95,16 @@ def serve(args) -> int:
     from vreason.server.engine.vllm_engine import EngineConfig, VllmEngine
     from vreason.server.video import VideoLimits
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from vreason.server.api.settings import APISettings
+    from vreason.server.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
     try:
         vreason_default = _vreason_default(args)
+        settings = APISettings(
+            api_key=args.api_key, allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+            max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, request_timeout=args.request_timeout,
+            reasoning_split=args.reasoning_split == "on")
         limits = json.loads(args.limit_mm_per_prompt)
         video_limits = VideoLimits(max_bytes=args.video_max_bytes, max_frames=args.video_max_frames,
                                    max_pixels=args.video_max_pixels)
@@ -107,9 +124,13 @@ def serve(args) -> int:
         tensor_parallel_size=args.tensor_parallel_size, kv_cache_gib=args.kv_cache_gib,
         limit_videos_per_prompt=int(limits.get("video", 1)),
         allowed_local_media_path=args.allowed_local_media_path, video_limits=video_limits,
-        default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching)
-    app = create_app(VllmEngine(cfg), vreason_default=vreason_default)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+        default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
+        data_parallel_size=args.data_parallel_size)
+    app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
+    # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
+    # lifespan shuts the engine down.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30,
+                access_log=False, log_config=None)
     return 0
 
 
@@ -119,6 +140,21 @@ def make_demo_model(args) -> int:
     out = build_demo_model(args.dir, seed=args.seed)
     print(f"wrote the tiny random Qwen2.5-VL demo model to {out}")
     return 0
+
+
+def _register_client_commands(sub) -> None:
+    """eval, report, make-demo-dataset, bench: HTTP clients that live in vreason.clients.
+
+    The console script is the one place that names both sides; the clients never import the
+    server, and nothing else in the server imports the clients.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vreason.clients.cli") is None:
+        return
+    from vreason.clients.cli import register
+
+    register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=make_demo_model)
+    _register_client_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

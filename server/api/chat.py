@@ -11,21 +11,99 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from vreason.server.engine.protocol import EngineClient
 from vreason.server.engine.traces import public_row, summarize
-from vreason.server.engine.types import EngineClientError, EngineUnavailable, GenerateRequest, Usage
+from vreason.server.engine.types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest,
+                                         Usage)
 
 from .errors import APIError, error_body
+from .metrics import Metrics
+from .reasoning import ReasoningSplitter
 from .schemas import ChatCompletionRequest
 
 
-def _usage_dict(u: Usage) -> dict:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens}
+@dataclass
+class Choice:
+    """One choice's output so far: answer and reasoning text, trace rows, token counts."""
+
+    split: bool
+    splitter: ReasoningSplitter = field(default_factory=ReasoningSplitter)
+    content: str = ""
+    reasoning: str = ""
+    reasoning_tokens: int = 0
+    tokens: int = 0
+    finish_reason: str | None = None
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, d: ChoiceDelta) -> tuple[str, str]:
+        """Take a delta; returns the (reasoning, content) text it adds."""
+        new_tokens, self.tokens = d.num_tokens - self.tokens, d.num_tokens
+        self.finish_reason = d.finish_reason or self.finish_reason
+        self.rows.extend(d.trace_rows)
+        if not self.split:
+            self.content += d.text
+            return "", d.text
+        was_inside = self.splitter.inside
+        r, c = self.splitter.feed(d.text)
+        if d.finish_reason is not None:
+            r2, c2 = self.splitter.finish()
+            r, c = r + r2, c + c2
+        if was_inside or r:  # a token that opens, continues or closes the thought counts as reasoning
+            self.reasoning_tokens += new_tokens
+        self.reasoning += r
+        self.content += c
+        return r, c
+
+    def message(self) -> dict:
+        msg = {"role": "assistant", "content": self.content}
+        if self.split and self.splitter.saw_reasoning:
+            msg["reasoning"] = msg["reasoning_content"] = self.reasoning
+        return msg
+
+
+class RequestObserver:
+    """Feeds one request's timing and token counts into the metrics."""
+
+    def __init__(self, metrics: Metrics | None, vreason: bool):
+        self.m, self.t0 = metrics, time.perf_counter()
+        self.last: float | None = None
+        self.tokens = 0
+        if self.m is not None and vreason:
+            self.m.controlled.labels(self.m.model).inc()
+
+    def tokens_seen(self, total: int) -> None:
+        if self.m is None or total <= self.tokens:
+            return
+        now = time.perf_counter()
+        if self.last is None:
+            self.m.ttft.labels(self.m.model).observe(now - self.t0)
+        else:
+            gap = (now - self.last) / (total - self.tokens)
+            for _ in range(total - self.tokens):
+                self.m.itl.labels(self.m.model).observe(gap)
+        self.last, self.tokens = now, total
+
+    def finished(self, usage: Usage, reasons: list[str | None]) -> None:
+        if self.m is None:
+            return
+        self.m.e2e.labels(self.m.model).observe(time.perf_counter() - self.t0)
+        self.m.prompt_tokens.labels(self.m.model).inc(usage.prompt_tokens)
+        self.m.generation_tokens.labels(self.m.model).inc(usage.completion_tokens)
+        for r in reasons:
+            self.m.success.labels(self.m.model, r or "abort").inc()
+
+
+def _usage_dict(u: Usage, choices: list[Choice]) -> dict:
+    out = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.total_tokens}
+    if any(c.split for c in choices):
+        out["completion_tokens_details"] = {"reasoning_tokens": sum(c.reasoning_tokens for c in choices)}
+    return out
 
 
 def check_model(engine: EngineClient, body: ChatCompletionRequest) -> None:
@@ -39,38 +117,44 @@ async def _until_disconnect(request: Request) -> None:
         await asyncio.sleep(0.5)
 
 
-async def complete(engine: EngineClient, request: Request, body: ChatCompletionRequest,
-                   gen: GenerateRequest) -> JSONResponse:
+def _trace_object(gen: GenerateRequest, choices: list[Choice]) -> dict:
+    per_choice = [summarize(c.rows) for c in choices]
+    return per_choice[0] if gen.sampling.n == 1 else {"choices": per_choice}
+
+
+async def complete(engine: EngineClient, request: Request, gen: GenerateRequest, *, timeout: float,
+                   split: bool, metrics: Metrics | None) -> JSONResponse:
     usage = Usage()
-    texts = [""] * gen.sampling.n
-    finish = [None] * gen.sampling.n
-    rows: list[list[dict]] = [[] for _ in range(gen.sampling.n)]
+    choices = [Choice(split) for _ in range(gen.sampling.n)]
+    obs = RequestObserver(metrics, gen.vreason is not None)
 
     async def run():
         async for d in engine.generate(gen, usage):
-            texts[d.index] += d.text
-            finish[d.index] = d.finish_reason or finish[d.index]
-            rows[d.index].extend(d.trace_rows)
+            choices[d.index].add(d)
+            obs.tokens_seen(usage.completion_tokens)
 
     task = asyncio.ensure_future(run())
     watcher = asyncio.ensure_future(_until_disconnect(request))
-    done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    if task not in done:  # the client went away: stop the work it asked for
+    done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    watcher.cancel()
+    if task not in done:  # the client went away, or the request ran out of time: stop its work
         task.cancel()
         await engine.abort(gen.request_id)
-        return JSONResponse(error_body(499, "client disconnected"), status_code=499)
-    watcher.cancel()
+        obs.finished(usage, [None] * len(choices))
+        if watcher in done:
+            return JSONResponse(error_body(499, "client disconnected"), status_code=499)
+        raise APIError(504, f"request did not finish within {timeout:g} s", code="request_timeout")
     task.result()
+    obs.finished(usage, [c.finish_reason for c in choices])
     body_out = {
         "id": gen.request_id, "object": "chat.completion", "created": int(time.time()),
         "model": engine.model_name,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                     "finish_reason": finish[i], "logprobs": None} for i in range(gen.sampling.n)],
-        "usage": _usage_dict(usage),
+        "choices": [{"index": i, "message": c.message(), "finish_reason": c.finish_reason, "logprobs": None}
+                    for i, c in enumerate(choices)],
+        "usage": _usage_dict(usage, choices),
     }
     if gen.vreason is not None and gen.vreason.trace:
-        per_choice = [summarize(r) for r in rows]
-        body_out["vreason"] = per_choice[0] if gen.sampling.n == 1 else {"choices": per_choice}
+        body_out["vreason"] = _trace_object(gen, choices)
     return JSONResponse(body_out)
 
 
@@ -78,8 +162,12 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: GenerateRequest) -> StreamingResponse:
+async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: GenerateRequest, *, timeout: float,
+                 split: bool, metrics: Metrics | None, on_done) -> StreamingResponse:
     usage = Usage()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    obs = RequestObserver(metrics, gen.vreason is not None)
     deltas = engine.generate(gen, usage)
     # Pull the first delta before answering 200, so that request errors (bad video, prompt
     # too long) still get a proper status code instead of an error inside the stream.
@@ -89,32 +177,46 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
         first = None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     traced = gen.vreason is not None and gen.vreason.trace
+    choices = [Choice(split) for _ in range(gen.sampling.n)]
     base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
             "model": engine.model_name}
 
-    def chunk(choices: list[dict], **extra) -> str:
-        return _sse({**base, "choices": choices, **extra})
+    def chunk(items: list[dict], **extra) -> str:
+        return _sse({**base, "choices": items, **extra})
+
+    def delta_chunk(d: ChoiceDelta) -> str:
+        c = choices[d.index]
+        reasoning, content = c.add(d)
+        delta = {}
+        if reasoning:
+            delta["reasoning"] = delta["reasoning_content"] = reasoning
+        if content:
+            delta["content"] = content
+        item = {"index": d.index, "delta": delta, "finish_reason": d.finish_reason, "logprobs": None}
+        if traced and d.trace_rows:
+            item["vreason"] = {"steps": [public_row(r) for r in d.trace_rows]}
+        if traced and d.finish_reason is not None:
+            item.setdefault("vreason", {})["summary"] = {
+                k: v for k, v in summarize(c.rows).items() if k != "steps"}
+        return chunk([item])
 
     async def events() -> AsyncIterator[str]:
-        rows: list[list[dict]] = [[] for _ in range(gen.sampling.n)]
         try:
             for i in range(gen.sampling.n):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                               "finish_reason": None, "logprobs": None}])
             d = first
             while d is not None:
-                choice = {"index": d.index, "delta": {"content": d.text} if d.text else {},
-                          "finish_reason": d.finish_reason, "logprobs": None}
-                if traced and d.trace_rows:
-                    rows[d.index].extend(d.trace_rows)
-                    choice["vreason"] = {"steps": [public_row(r) for r in d.trace_rows]}
-                if traced and d.finish_reason is not None:
-                    choice.setdefault("vreason", {})["summary"] = {
-                        k: v for k, v in summarize(rows[d.index]).items() if k != "steps"}
-                yield chunk([choice])
-                d = await anext(deltas, None)
+                obs.tokens_seen(usage.completion_tokens)
+                yield delta_chunk(d)
+                try:
+                    d = await asyncio.wait_for(anext(deltas, None), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    yield _sse(error_body(504, f"request did not finish within {timeout:g} s", None,
+                                          "request_timeout"))
+                    break
             if include_usage:
-                yield chunk([], usage=_usage_dict(usage))
+                yield chunk([], usage=_usage_dict(usage, choices))
             yield "data: [DONE]\n\n"
         except (EngineClientError, EngineUnavailable) as e:
             status = getattr(e, "status", 503)
@@ -122,6 +224,8 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
                                   getattr(e, "code", None)))
             yield "data: [DONE]\n\n"
         finally:
+            obs.finished(usage, [c.finish_reason for c in choices])
+            on_done()
             await deltas.aclose()
             await engine.abort(gen.request_id)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from vreason.server import __version__
 
@@ -26,9 +27,27 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return error_response(503, "engine is not ready", None, "engine_unavailable")
     params = body.vreason_params(request.app.state.vreason_default)
     gen = body.to_generate_request(chat.new_request_id(), params)
-    if body.stream:
-        return await chat.stream(engine, body, gen)
-    return await chat.complete(engine, request, body, gen)
+    admission, metrics = request.app.state.admission, request.app.state.metrics
+    settings = request.app.state.settings
+    if not admission.try_acquire():
+        metrics.rejected.labels(metrics.model, "queue_full").inc()
+        return error_response(429, f"server busy: {admission.limit} requests in flight; retry shortly",
+                              None, "queue_full", headers={"Retry-After": "1"})
+    opts = dict(timeout=settings.request_timeout, split=settings.reasoning_split, metrics=metrics)
+    try:
+        if body.stream:
+            response = await chat.stream(engine, body, gen, on_done=admission.release, **opts)
+            admission = None  # released by the stream when it ends
+            return response
+        return await chat.complete(engine, request, gen, **opts)
+    finally:
+        if admission is not None:
+            admission.release()
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/vreason/stats")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 from vreason.server.video import SamplingSpec, VideoError, VideoLimits, load_video
 
+from .scheduler_stats import scheduler_stats_logger
 from .traces import TraceHub
 from .types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, Message,
                     TextPart, Usage, VideoPart)
@@ -36,6 +37,7 @@ class EngineConfig:
     seed: int = 0
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
     kv_cache_gib: int = 1
     limit_videos_per_prompt: int = 1
     allowed_local_media_path: str | None = None
@@ -61,6 +63,7 @@ def _engine_args(cfg: EngineConfig):
         max_num_seqs=cfg.max_num_seqs, dtype=cfg.dtype, seed=cfg.seed,
         # The runner reads the last layer's activations captured by module hooks: eager only.
         enforce_eager=True, tensor_parallel_size=cfg.tensor_parallel_size,
+        data_parallel_size=cfg.data_parallel_size,
         limit_mm_per_prompt={"video": cfg.limit_videos_per_prompt, "image": 0},
         enable_prefix_caching=cfg.enable_prefix_caching,
         worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
@@ -80,6 +83,7 @@ class VllmEngine:
         self.traces = TraceHub()
         self._llm = None
         self._processor = None
+        self._scheduler: dict[int, dict] = {}
 
     async def start(self) -> None:
         from transformers import AutoProcessor
@@ -87,7 +91,8 @@ class VllmEngine:
 
         self.traces.start()
         self._processor = AutoProcessor.from_pretrained(self.cfg.model)
-        self._llm = AsyncLLM.from_engine_args(_engine_args(self.cfg))
+        self._llm = AsyncLLM.from_engine_args(_engine_args(self.cfg),
+                                              stat_loggers=[scheduler_stats_logger(self._scheduler)])
 
     async def close(self) -> None:
         if self._llm is not None:
@@ -102,6 +107,17 @@ class VllmEngine:
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
         return (await self._llm.collective_rpc("vreason_stats"))[0]
+
+    def metrics_snapshot(self) -> dict:
+        """Scheduler numbers (summed over engines) and the workers' latest V-Reason stats."""
+        engines = list(self._scheduler.values())
+        steps, self.traces.step_seconds = self.traces.step_seconds, []
+        return {
+            "num_running": sum(e["num_running"] for e in engines),
+            "num_waiting": sum(e["num_waiting"] for e in engines),
+            "kv_cache_usage": max((e["kv_cache_usage"] for e in engines), default=0.0),
+            "vreason": self.traces.stats, "step_seconds": steps,
+        }
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
@@ -172,6 +188,10 @@ class VllmEngine:
                 if started:
                     raise
                 raise EngineClientError(str(e), param="messages") from e
+            except Exception as e:
+                if self._llm is None or self._llm.errored:  # EngineDeadError and friends
+                    raise EngineUnavailable("the inference engine has stopped") from e
+                raise
         finally:
             if trace is not None:
                 self.traces.unregister(request.request_id)

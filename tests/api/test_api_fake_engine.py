@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -15,8 +16,9 @@ class FakeEngine:
     model_name = "fake"
     max_model_len = 128
 
-    def __init__(self, ready=True, fail: Exception | None = None):
+    def __init__(self, ready=True, fail: Exception | None = None, words=("Hello", " world"), delay=0.0):
         self.ready, self.fail, self.seen, self.aborted = ready, fail, [], []
+        self.words, self.delay = words, delay
 
     def is_ready(self):
         return self.ready
@@ -26,10 +28,12 @@ class FakeEngine:
         if self.fail:
             raise self.fail
         usage.prompt_tokens = 5
-        for i, word in enumerate(["Hello", " world"], start=1):
+        for i, word in enumerate(self.words, start=1):
+            if self.delay:
+                await asyncio.sleep(self.delay)
             usage.completion_tokens = i
             rows = [{"entropy": 1.0 * i, "ema": 0.1 * i, "alpha": 1.0, "updated": i == 2}]
-            yield ChoiceDelta(0, word, i, "stop" if i == 2 else None,
+            yield ChoiceDelta(0, word, i, "stop" if i == len(self.words) else None,
                               trace_rows=rows if request.vreason and request.vreason.trace else [])
 
     async def abort(self, request_id):
@@ -38,9 +42,17 @@ class FakeEngine:
     async def stats(self):
         return {"active_slots": 0}
 
+    def metrics_snapshot(self):
+        return {"num_running": 1, "num_waiting": 2, "kv_cache_usage": 0.25,
+                "vreason": {"active_slots": 1, "controller_bytes": 4096,
+                            "totals": {"updates": 3, "skipped_updates": 1, "created": 2}},
+                "step_seconds": [0.001, 0.002]}
 
-def client_for(engine):
-    app = create_app(engine, manage_engine=False)
+
+def client_for(engine, **settings):
+    from vreason.server.api.settings import APISettings
+
+    app = create_app(engine, manage_engine=False, settings=APISettings(**settings))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
@@ -61,7 +73,8 @@ async def test_non_stream_body():
     assert r.status_code == 200
     j = r.json()
     assert j["choices"][0]["message"] == {"role": "assistant", "content": "Hello world"}
-    assert j["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert j["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                          "completion_tokens_details": {"reasoning_tokens": 0}}
     assert "vreason" not in j
 
 
