@@ -63,13 +63,12 @@ class Server:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def server(demo_model, media_dir, tmp_path_factory) -> Server:
+def start_server(model: Path, media_dir: Path, log: Path, *extra: str, name: str = "demo") -> Server:
+    """Start `vreason serve` on a free loopback port and wait until /health says 200."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [str(VENV_BIN / "vreason"), "serve", "--model", str(demo_model), "--served-model-name", "demo",
+    cmd = [str(VENV_BIN / "vreason"), "serve", "--model", str(model), "--served-model-name", name,
            "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", "8",
-           "--allowed-local-media-path", str(media_dir), "--dtype", "float32"]
+           "--allowed-local-media-path", str(media_dir), "--dtype", "float32", *extra]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env())
     url = f"http://127.0.0.1:{port}"
@@ -79,19 +78,27 @@ def server(demo_model, media_dir, tmp_path_factory) -> Server:
             pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return Server(url, proc, log, name)
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail(f"server not healthy in {SERVER_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
-    yield Server(url, proc, log, "demo")
-    proc.terminate()
+    proc.kill()
+    pytest.fail(f"server not healthy in {SERVER_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
     try:
-        proc.wait(60)
+        server.proc.wait(60)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        server.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(demo_model, media_dir, tmp_path_factory) -> Server:
+    s = start_server(demo_model, media_dir, tmp_path_factory.mktemp("server") / "server.log")
+    yield s
+    stop_server(s)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=MAX_N)
+    ignore_eos: bool = False  # vLLM's extension, used by benchmarks: always generate max_tokens
     stream: bool = False
     stream_options: StreamOptions | None = None
     mm_processor_kwargs: MMProcessorKwargs | None = None
@@ -108,6 +109,6 @@ class ChatCompletionRequest(BaseModel):
             request_id=request_id, messages=tuple(msgs),
             sampling=SamplingOptions(max_tokens=self.max_completion_tokens or self.max_tokens,
                                      temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                                     stop=stop, n=self.n),
+                                     stop=stop, n=self.n, ignore_eos=self.ignore_eos),
             video=VideoOptions(fps=mm.fps, num_frames=mm.num_frames, max_pixels=mm.max_pixels),
             vreason=vreason)

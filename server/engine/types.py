@@ -36,6 +36,7 @@ class SamplingOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     n: int = 1
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class VllmEngine:
             extra = {EXTRA_ARGS_KEY: request.vreason.to_dict(), REQUEST_TAG_KEY: request.request_id}
         return SamplingParams(
             n=s.n, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-            stop=list(s.stop) or None, output_kind=RequestOutputKind.DELTA, extra_args=extra)
+            stop=list(s.stop) or None, ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA, extra_args=extra)
 
     async def generate(self, request: GenerateRequest, usage: Usage) -> AsyncIterator[ChoiceDelta]:
         if not self.is_ready():
