@@ -20,12 +20,16 @@ UNSUPPORTED_MEDIA_URL = "unsupported_media_url"           # scheme we do not ser
 INVALID_DATA_URL = "invalid_data_url"                     # malformed data: URL or bad base64
 INVALID_SAMPLING = "invalid_video_sampling"               # bad fps / num_frames
 DECODE_CANCELLED = "video_decode_cancelled"               # the waiting request went away
+MEDIA_FETCH_DISALLOWED = "media_fetch_disallowed"         # http(s) off, host not allowed, blocked address
+MEDIA_FETCH_FAILED = "media_fetch_failed"                 # origin error, bad redirect, too many redirects
+MEDIA_FETCH_TIMEOUT = "media_fetch_timeout"               # connect or total download timeout (504)
 
 
 class VideoError(Exception):
     """A request-caused video failure, carrying what an OpenAI-style error body needs.
 
-    ``status`` is the HTTP status to answer with (400 unless the payload is too large: 413).
+    ``status`` is the HTTP status to answer with: 400, or 413 when the payload is too large;
+    fetching an http(s) URL adds 422 (unusable answer), 502 (origin failed) and 504 (timeout).
     ``param`` names the offending request field ("messages" for the content part itself).
     """
 

@@ -7,17 +7,22 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .errors import (INVALID_DATA_URL, MEDIA_NOT_FOUND, MEDIA_PATH_NOT_ALLOWED, UNSUPPORTED_MEDIA_URL,
                      VIDEO_EMPTY, VIDEO_TOO_LARGE, VideoError)
 from .options import VideoLimits
 
+if TYPE_CHECKING:
+    from .fetch import FetchPolicy
+
 _MEDIA_TYPE = re.compile(r"video/[a-z0-9][a-z0-9.+-]{0,63}")
 # A file suffix only helps FFmpeg's probe; the content decides. Unknown subtypes get a neutral one.
 _SUFFIX = {"mp4": ".mp4", "quicktime": ".mov", "webm": ".webm", "x-matroska": ".mkv",
            "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "mp2t": ".ts", "ogg": ".ogv",
            "x-flv": ".flv", "3gpp": ".3gp"}
+_KNOWN_SUFFIXES = frozenset(_SUFFIX.values()) | {".m4v", ".mpeg", ".ogg"}
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,18 @@ class VideoSource:
         return "data" if self.data is not None else "file"
 
 
-def _short(url: str) -> str:
+def short_url(url: str) -> str:
+    """``repr`` of ``url`` cut to 80 characters, for error messages and logs."""
     # Never echo a multi-megabyte data URL back into an error message or a log line.
     return repr(url if len(url) <= 80 else url[:77] + "...")
+
+
+
+
+def suffix_for(extension: str) -> str:
+    """A file suffix FFmpeg can probe with, from a URL path's extension (content decides anyway)."""
+    ext = extension.lower()
+    return ext if ext in _KNOWN_SUFFIXES else ".video"
 
 
 def _too_large(size_desc: str, limits: VideoLimits) -> VideoError:
@@ -80,10 +94,10 @@ def _from_file_url(url: str, allowed_local_media_path: str | None, limits: Video
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise VideoError(f"file URL must be file:///<absolute path> with no host, query or fragment, "
-                         f"got {_short(url)}", code=UNSUPPORTED_MEDIA_URL)
+                         f"got {short_url(url)}", code=UNSUPPORTED_MEDIA_URL)
     path = unquote(parts.path)
     if not path.startswith("/") or "\x00" in path:
-        raise VideoError(f"file URL must name an absolute path, got {_short(url)}",
+        raise VideoError(f"file URL must name an absolute path, got {short_url(url)}",
                          code=UNSUPPORTED_MEDIA_URL)
     if not allowed_local_media_path:
         raise VideoError("file:// video URLs are disabled on this server (no allowed local media path)",
@@ -91,31 +105,38 @@ def _from_file_url(url: str, allowed_local_media_path: str | None, limits: Video
     root = os.path.realpath(allowed_local_media_path)
     real = os.path.realpath(path)  # resolves symlinks and '..' so they cannot escape the root
     if os.path.commonpath([root, real]) != root:
-        raise VideoError(f"{_short(path)} is outside the allowed local media directory",
+        raise VideoError(f"{short_url(path)} is outside the allowed local media directory",
                          code=MEDIA_PATH_NOT_ALLOWED)
     try:
         st = os.stat(real)
     except OSError:
-        raise VideoError(f"local video {_short(path)} does not exist or cannot be read",
+        raise VideoError(f"local video {short_url(path)} does not exist or cannot be read",
                          code=MEDIA_NOT_FOUND) from None
     if not stat.S_ISREG(st.st_mode):
-        raise VideoError(f"local video {_short(path)} is not a regular file", code=MEDIA_NOT_FOUND)
+        raise VideoError(f"local video {short_url(path)} is not a regular file", code=MEDIA_NOT_FOUND)
     if st.st_size == 0:
-        raise VideoError(f"local video {_short(path)} is empty", code=VIDEO_EMPTY)
+        raise VideoError(f"local video {short_url(path)} is empty", code=VIDEO_EMPTY)
     if st.st_size > limits.max_bytes:
         raise _too_large(f"{st.st_size} bytes", limits)
     return VideoSource(path=real, suffix=os.path.splitext(real)[1] or ".video")
 
 
-def resolve_video_url(url: str, *, allowed_local_media_path: str | None,
-                      limits: VideoLimits) -> VideoSource:
+def is_http_url(url: object) -> bool:
+    """True for an ``http://`` or ``https://`` URL (any case, surrounding whitespace ignored)."""
+    return isinstance(url, str) and url.strip()[:8].lower().startswith(("http://", "https://"))
+
+
+def resolve_video_url(url: str, *, allowed_local_media_path: str | None, limits: VideoLimits,
+                      fetch_policy: FetchPolicy | None = None) -> VideoSource:
     """Validate a ``video_url`` and return its bytes or vetted local path.
 
     Accepted: ``data:video/<subtype>[;params];base64,<payload>`` (strict base64, non-empty,
     decoded size <= ``limits.max_bytes``), and ``file:///<absolute path>`` when
     ``allowed_local_media_path`` is set and the path, with symlinks resolved, is a non-empty
     regular file inside that directory (also resolved) of at most ``limits.max_bytes``.
-    Everything else raises ``VideoError`` (400, or 413 when too large).
+    ``http(s)://`` URLs are downloaded (blocking, see ``fetch.fetch_video``) only when
+    ``fetch_policy`` is enabled. Everything else raises ``VideoError`` (400, or 413 when too
+    large; fetch failures may also be 422, 502 or 504).
     """
     if not isinstance(url, str):
         raise VideoError("video_url.url must be a string", code=UNSUPPORTED_MEDIA_URL)
@@ -126,9 +147,13 @@ def resolve_video_url(url: str, *, allowed_local_media_path: str | None,
     if scheme == "file":
         return _from_file_url(url, allowed_local_media_path, limits)
     if scheme in ("http", "https"):
+        if fetch_policy is not None and fetch_policy.enabled:
+            from .fetch import fetch_video_sync  # fetch imports this module
+
+            return fetch_video_sync(url, fetch_policy, limits)
         raise VideoError("http(s) video URLs are not enabled on this server; send the video as a "
                          "data:video/...;base64 URL", code=UNSUPPORTED_MEDIA_URL)
     if not url:
         raise VideoError("video_url.url is empty", code=UNSUPPORTED_MEDIA_URL)
-    raise VideoError(f"unsupported video URL {_short(url)}: expected data:video/<subtype>;base64,... "
+    raise VideoError(f"unsupported video URL {short_url(url)}: expected data:video/<subtype>;base64,... "
                      "or file:///<absolute path>", code=UNSUPPORTED_MEDIA_URL)
