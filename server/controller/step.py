@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .adam import BETA1, BETA2, EPS
+from vreason.kernels import controller_update, entropy_grad
+
 from .objective import entropy
 from .state import ControllerState
 from .tail import TailWeights, tail_logits
@@ -64,18 +65,18 @@ class _Batch:
         self.rows = rows
         self.states = [r.state for r in rows]
         self.p_max = max(1, max(s.num_positions for s in self.states))
-        stack = lambda ts, dim: torch.stack([_pad(t.float(), self.p_max, dim) for t in ts])  # noqa: E731
-        self.v0 = stack([s.v0 for s in self.states], 1)
-        self.delta = stack([s.delta for s in self.states], 1)
-        self.exp_avg = stack([s.exp_avg for s in self.states], 1)
-        self.exp_avg_sq = stack([s.exp_avg_sq for s in self.states], 1)
-        self.a = stack([r.a for r in rows], 1)
+        stack = lambda ts: torch.stack([_pad(t.float(), self.p_max, 1) for t in ts])  # noqa: E731
+        self.v0 = stack([s.v0 for s in self.states])
+        self.delta = stack([s.delta for s in self.states])
+        self.exp_avg = stack([s.exp_avg for s in self.states])
+        self.exp_avg_sq = stack([s.exp_avg_sq for s in self.states])
+        self.a = stack([r.a for r in rows])
         self.residual = torch.stack([r.residual.float() for r in rows])
-        self.norm_rows = torch.tensor([s.params.norm_restore == "token" for s in self.states],
-                                      device=self.v0.device)
-        vn = _batched_vn(self.v0, self.delta, self.norm_rows)
+        self.norm_rows = [s.params.norm_restore == "token" for s in self.states]
+        norm = torch.tensor(self.norm_rows, device=self.v0.device)
+        self.vn = _batched_vn(self.v0, self.delta, norm)
         o = torch.stack([r.o.float() for r in rows])
-        self.c = o - _attend(torch.zeros_like(o), self.a, vn).view_as(o)
+        self.c = o - _attend(torch.zeros_like(o), self.a, self.vn).view_as(o)
 
     def store(self) -> None:
         for i, s in enumerate(self.states):
@@ -84,40 +85,47 @@ class _Batch:
             s.exp_avg.copy_(self.exp_avg[i, :, :p])
             s.exp_avg_sq.copy_(self.exp_avg_sq[i, :, :p])
 
-    def attention_out(self, idx: list[int], delta: torch.Tensor) -> torch.Tensor:
-        """Attention output [len(idx), Hq*D] of requests `idx` with offsets `delta`."""
-        return _attend(self.c[idx], self.a[idx], _batched_vn(self.v0[idx], delta, self.norm_rows[idx]))
+    def attention_out(self, idx: list[int], vn: torch.Tensor) -> torch.Tensor:
+        """Attention output [len(idx), Hq*D] of requests `idx` with controlled values `vn`."""
+        return _attend(self.c[idx], self.a[idx], vn)
 
-
-def _adam(b: _Batch, idx: list[int], grad: torch.Tensor) -> None:
-    """torch.optim.Adam semantics per request; bias corrections in float64 like torch's."""
-    steps = [b.states[i].adam_step for i in idx]
-    bc1 = torch.tensor([1 - BETA1 ** t for t in steps], dtype=torch.float64)
-    bc2 = torch.tensor([1 - BETA2 ** t for t in steps], dtype=torch.float64)
-    lr = torch.tensor([b.states[i].params.lr for i in idx], dtype=torch.float64)
-    shape = (len(idx), 1, 1, 1)
-    step_size = (lr / bc1).float().view(shape).to(grad.device)
-    bc2_sqrt = bc2.sqrt().float().view(shape).to(grad.device)
-    m = b.exp_avg[idx].lerp_(grad, 1 - BETA1)
-    v = b.exp_avg_sq[idx].mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
-    b.exp_avg[idx], b.exp_avg_sq[idx] = m, v
-    b.delta[idx] = b.delta[idx] - step_size * m / ((v.sqrt() / bc2_sqrt).add_(EPS))
+    def adam(self, idx: list[int], grad_vn: torch.Tensor) -> None:
+        """One fused Adam step (norm-restore backward, Adam, norm restore) for requests `idx`."""
+        for norm in (True, False):
+            sub = [j for j, i in enumerate(idx) if self.norm_rows[i] == norm]
+            if not sub:
+                continue
+            rows = [idx[j] for j in sub]
+            d, m, v = self.delta[rows], self.exp_avg[rows], self.exp_avg_sq[rows]
+            per_request = d[0].numel() // d.shape[-1]  # (head, position) vectors of one request
+            step = torch.tensor([self.states[i].adam_step for i in rows], dtype=torch.int32)
+            lr = torch.tensor([self.states[i].params.lr for i in rows], dtype=torch.float32)
+            flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+            vn = controller_update(flat(d), flat(m), flat(v), flat(self.v0[rows]), flat(grad_vn[sub].contiguous()),
+                                   step.repeat_interleave(per_request).to(d.device),
+                                   lr.repeat_interleave(per_request).to(d.device), norm_restore=norm)
+            self.delta[rows], self.exp_avg[rows], self.exp_avg_sq[rows] = d, m, v
+            self.vn[rows] = vn.view_as(d)
 
 
 def _optimise(b: _Batch, alphas: list[float], weights: TailWeights) -> None:
-    """Run each request's `steps` Adam steps; a non-finite loss or gradient stops its update."""
+    """Run each request's `steps` Adam steps; a non-finite loss or gradient stops its update.
+
+    One fused op gives the entropy and dL/dlogits; autograd only carries dL/dlogits back
+    through the tail to the controlled values; the fused update op does the rest.
+    """
     for k in range(max(s.params.steps for s in b.states)):
         live = [i for i, s in enumerate(b.states) if s.params.steps > k and not s.update_failed]
         if not live:
             break
+        alpha = torch.tensor([alphas[i] for i in live], dtype=torch.float32, device=b.vn.device)
         with torch.inference_mode(False), torch.enable_grad():
-            delta = b.delta[live].clone().requires_grad_(True)
-            o = b.attention_out(live, delta)
-            z = tail_logits(o, b.residual[live], weights)
-            alpha = torch.tensor([alphas[i] for i in live], dtype=torch.float32, device=z.device)
-            per_row = alpha * (math.log(z.shape[-1]) - entropy(z))
-            (grad,) = torch.autograd.grad(per_row.sum(), delta)
-        ok_mask = torch.isfinite(per_row.detach()) & torch.isfinite(grad).flatten(1).all(1)
+            vn = b.vn[live].clone().requires_grad_(True)
+            z = tail_logits(b.attention_out(live, vn), b.residual[live], weights)
+            h, grad_z = entropy_grad(z.detach(), alpha)
+            (grad_vn,) = torch.autograd.grad(z, vn, grad_outputs=grad_z)
+        loss = alpha * (math.log(z.shape[-1]) - h)
+        ok_mask = torch.isfinite(loss) & torch.isfinite(grad_vn).flatten(1).all(1)
         ok = []
         for j, i in enumerate(live):
             if bool(ok_mask[j]):
@@ -126,7 +134,7 @@ def _optimise(b: _Batch, alphas: list[float], weights: TailWeights) -> None:
             else:
                 b.states[i].update_failed = True
         if ok:
-            _adam(b, [live[j] for j in ok], grad[ok])
+            b.adam([live[j] for j in ok], grad_vn[ok])
 
 
 def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor:
@@ -177,8 +185,7 @@ def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor
             now.append(k)
     if now:
         with torch.no_grad():
-            o = batch.attention_out(now, batch.delta[now])
-            z = tail_logits(o, batch.residual[now], weights)
+            z = tail_logits(batch.attention_out(now, batch.vn[now]), batch.residual[now], weights)
         out[[updating[k] for k in now]] = z.to(out.dtype)
         for k, h_after in zip(now, entropy(z).tolist()):
             batch.states[k].trace[-1]["entropy_after"] = h_after

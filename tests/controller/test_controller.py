@@ -10,7 +10,6 @@ import torch
 from vreason.server.controller import (ControllerState, ParamError, RowInputs, SwitchState, TailWeights,
                                        VReasonParams, controlled_values, controller_step, entropy,
                                        state_bytes, tail_logits)
-from vreason.server.controller.adam import adam_step
 
 HKV, HQ, D, HID, INTER, VOCAB = 2, 4, 8, 16, 24, 50
 
@@ -35,18 +34,6 @@ def test_norm_restore_keeps_norms_and_none_is_sum():
     assert torch.allclose(vn.norm(dim=-1), v0.norm(dim=-1), atol=1e-5)
     assert torch.allclose(controlled_values(v0, dv, "none"), v0 + dv)
     assert torch.allclose(controlled_values(v0, torch.zeros_like(v0), "token"), v0, atol=1e-6)
-
-
-def test_adam_matches_torch_optim():
-    p0, grads = torch.randn(3, 4), [torch.randn(3, 4) for _ in range(4)]
-    ref = p0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([ref], lr=0.05)
-    mine, m, v = p0.clone(), torch.zeros(3, 4), torch.zeros(3, 4)
-    for k, g in enumerate(grads, start=1):
-        ref.grad = g.clone()
-        opt.step()
-        adam_step(mine, g, m, v, k, 0.05)
-    assert torch.allclose(mine, ref.detach(), atol=1e-7)
 
 
 def test_switch_rule():
