@@ -17,7 +17,11 @@ import random
 from pathlib import Path
 
 MARKER = "vreason_demo_model.json"
-DEMO_FORMAT_VERSION = 1
+DEMO_FORMAT_VERSION = 2
+# Whole-word tokens for the think/answer protocol (the real Qwen2.5 vocabulary splits them;
+# single tokens here let the scripted variant below emit them deterministically).
+PROTOCOL_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+SCRIPT = "<think> square moves right</think><answer>B</answer>"
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -88,6 +92,7 @@ def _build_tokenizer(seed: int):
                               "vision_bos_token": "<|vision_start|>",
                               "vision_eos_token": "<|vision_end|>"},
     )
+    hf_tok.add_tokens(PROTOCOL_TOKENS)
     hf_tok.chat_template = CHAT_TEMPLATE
     return hf_tok
 
@@ -115,8 +120,35 @@ def _rescale_for_peaked_outputs(model, seed: int) -> None:
             redraw(layer.mlp.down_proj.weight, 0.1)
 
 
-def build_demo_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny random Qwen2.5-VL checkpoint to `out_dir` and return its path."""
+def _script_weights(model, tok, script: str) -> None:
+    """Make the model a deterministic bigram machine that answers `script` to any prompt.
+
+    Attention and MLP outputs are zeroed, so the last hidden state is the current token's
+    embedding; lm_head row y is aligned with the embedding of the token before y in the chain
+    (the prompt's final newline, then the script's tokens, then <|im_end|>).
+    """
+    import torch
+
+    chain = [tok.convert_tokens_to_ids(tok.tokenize("\n"))[-1]] + tok.encode(script) + [tok.eos_token_id]
+    if len(set(chain)) != len(chain):
+        raise ValueError(f"script tokens must be distinct for a bigram chain: {chain}")
+    text = model.model.language_model
+    emb = text.embed_tokens.weight
+    with torch.no_grad():
+        for layer in text.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for prev, nxt in zip(chain, chain[1:]):
+            model.lm_head.weight[nxt] = 4.0 * emb[prev] / emb[prev].norm()
+
+
+def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = None) -> Path:
+    """Write the tiny random Qwen2.5-VL checkpoint to `out_dir` and return its path.
+
+    With `script`, the model instead answers every prompt with exactly that text (greedy): a
+    real checkpoint with a known answer, for end-to-end tests of answer parsing.
+    """
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
@@ -157,12 +189,14 @@ def build_demo_model(out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.float32).eval()
     _rescale_for_peaked_outputs(model, seed)
+    if script is not None:
+        _script_weights(model, tok, script)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     (out / MARKER).write_text(json.dumps({
-        "format_version": DEMO_FORMAT_VERSION, "seed": seed,
+        "format_version": DEMO_FORMAT_VERSION, "seed": seed, "script": script,
         "note": "random weights: for tests and demos only, the answers are meaningless",
     }, indent=2))
     return out
@@ -172,15 +206,16 @@ def is_demo_model(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def ensure_demo_model(cache_dir: str | Path, seed: int = 0) -> Path:
-    """Build the demo model into `cache_dir/demo-qwen2_5-vl-v{N}` once; reuse it afterwards."""
-    target = Path(cache_dir) / f"demo-qwen2_5-vl-v{DEMO_FORMAT_VERSION}-seed{seed}"
+def ensure_demo_model(cache_dir: str | Path, seed: int = 0, script: str | None = None) -> Path:
+    """Build the demo model into `cache_dir/demo-qwen2_5-vl-v{N}...` once; reuse it afterwards."""
+    kind = "" if script is None else "-scripted"
+    target = Path(cache_dir) / f"demo-qwen2_5-vl-v{DEMO_FORMAT_VERSION}-seed{seed}{kind}"
     if is_demo_model(target):
         return target
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
         import shutil
         shutil.rmtree(tmp)
-    build_demo_model(tmp, seed)
+    build_demo_model(tmp, seed, script)
     tmp.rename(target)  # atomic: a half-written model is never picked up
     return target

@@ -53,7 +53,7 @@ class Choice:
         if d.finish_reason is not None:
             r2, c2 = self.splitter.finish()
             r, c = r + r2, c + c2
-        if was_inside or r:  # a token that opens, continues or closes the thought counts as reasoning
+        if was_inside or self.splitter.inside or r:  # opening, inside or closing the thought
             self.reasoning_tokens += new_tokens
         self.reasoning += r
         self.content += c

@@ -25,7 +25,7 @@ async def test_reasoning_split_non_stream():
     msg = j["choices"][0]["message"]
     assert msg["content"] == "<answer>B</answer>"
     assert msg["reasoning"] == msg["reasoning_content"] == "the square moves"
-    assert j["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
+    assert j["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3  # "<th" does not open yet
 
 
 async def test_reasoning_split_stream_with_tags_cut_across_chunks():
