@@ -83,7 +83,7 @@ def _body(arm: Arm, cfg: BenchConfig, video_url: str) -> dict:
 
 
 async def one_request(http, arm: Arm, body: dict) -> dict:
-    """One streamed request: TTFT at the first chunk carrying content (or a finish), output
+    """One streamed request: TTFT at the first chunk after the role chunk, output
     tokens from the final usage chunk. Failures are recorded, never raised."""
     import httpx
 
@@ -104,8 +104,11 @@ async def one_request(http, arm: Arm, body: dict) -> dict:
                         err = str(obj["error"].get("message", obj["error"]))[:200]
                         break
                     for ch in obj.get("choices") or []:
+                        # Every chunk after the role announcement is a generated token, even one
+                        # whose text is held back (a split tag) or goes to `reasoning`.
+                        delta = ch.get("delta") or {}
                         if ttft is None and (
-                            (ch.get("delta") or {}).get("content") or ch.get("finish_reason")
+                            "role" not in delta or delta.get("content") or delta.get("reasoning")
                         ):
                             ttft = time.perf_counter() - t0
                     if obj.get("usage"):

@@ -22,8 +22,7 @@ QUESTION_TEMPLATE = (
 TYPE_SUFFIX = {
     "multiple-choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the "
     "<answer> </answer> tags.",
-    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> "
-    "tags.",
+    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
     "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> "
     "tags.",
     "free-form": " Please provide your text answer within the <answer> </answer> tags.",

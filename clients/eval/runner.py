@@ -65,6 +65,13 @@ def vreason_field(mode: str, cfg: EvalConfig):
     return {**cfg.vreason_options, "enabled": True, "trace": True, "update_every": OBSERVE_UPDATE_EVERY}
 
 
+def full_text(content: str, reasoning: str | None) -> str:
+    """The output as the model wrote it, for servers that move <think> text to
+    `message.reasoning`: scoring then matches a server that does not split (Video-R1 reads the
+    whole output)."""
+    return f"<think>{reasoning}</think>{content}" if reasoning else content
+
+
 async def first_model(http) -> str:
     r = await http.get("/v1/models")
     r.raise_for_status()
@@ -111,6 +118,9 @@ async def ask(http, model: str, item: dict, mode: str, cfg: EvalConfig) -> dict:
                         data = r.json()
                         choice = data["choices"][0]
                         content = choice["message"]["content"] or ""
+                        reasoning = choice["message"].get("reasoning") or choice["message"].get(
+                            "reasoning_content"
+                        )
                         usage = data.get("usage") or {}
                     except (ValueError, KeyError, IndexError, TypeError):
                         err = f"malformed response: {r.text[:200]!r}"
@@ -118,11 +128,15 @@ async def ask(http, model: str, item: dict, mode: str, cfg: EvalConfig) -> dict:
                         return {
                             **row,
                             "output": content,
+                            "reasoning": reasoning,
                             "finish_reason": choice.get("finish_reason"),
                             "prompt_tokens": usage.get("prompt_tokens"),
                             "completion_tokens": usage.get("completion_tokens"),
+                            "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get(
+                                "reasoning_tokens"
+                            ),
                             "latency_s": round(latency, 4),
-                            **score_output(item, content),
+                            **score_output(item, full_text(content, reasoning)),
                             "vreason_request": vr,
                             "vreason": data.get("vreason"),
                             "error": None,
@@ -136,9 +150,11 @@ async def ask(http, model: str, item: dict, mode: str, cfg: EvalConfig) -> dict:
     return {
         **row,
         "output": None,
+        "reasoning": None,
         "finish_reason": None,
         "prompt_tokens": None,
         "completion_tokens": None,
+        "reasoning_tokens": None,
         "latency_s": None,
         "prediction": None,
         "extraction": "error",

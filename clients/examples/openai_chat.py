@@ -36,6 +36,11 @@ def main() -> None:
             }
         ],
     )
+    # <think>...</think> text comes separately (the server's reasoning split); the SDK keeps it
+    # in model_extra since it is not an OpenAI field.
+    reasoning = (r.choices[0].message.model_extra or {}).get("reasoning")
+    if reasoning:
+        print("reasoning:", reasoning)
     print("answer:", r.choices[0].message.content)
     print("finish_reason:", r.choices[0].finish_reason)
     print("usage:", r.usage.model_dump())

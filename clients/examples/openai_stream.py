@@ -46,7 +46,9 @@ def main() -> None:
         if chunk.usage:
             usage = chunk.usage
         for choice in chunk.choices:
-            print(choice.delta.content or "", end="", flush=True)
+            # Thinking text arrives as delta.reasoning (not an OpenAI field: model_extra).
+            thought = (choice.delta.model_extra or {}).get("reasoning")
+            print((thought or "") + (choice.delta.content or ""), end="", flush=True)
             extra = (choice.model_extra or {}).get("vreason") or {}  # fields the SDK does not model
             rows += len(extra.get("steps", []))
             summary = extra.get("summary", summary)

@@ -55,6 +55,7 @@ def main() -> None:
         },
     )
     trace = r.model_extra["vreason"]  # top-level field the SDK keeps in model_extra
+    print("reasoning:", (r.choices[0].message.model_extra or {}).get("reasoning"))
     print("answer:", r.choices[0].message.content)
     print(f"updates: {trace['updates']}  skipped: {trace['skipped_updates']}", end="  ")
     print(f"EMA peak at step: {trace['peak_step']}")

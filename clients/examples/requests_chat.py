@@ -42,7 +42,10 @@ def main() -> None:
     if r.status_code != 200:  # errors come as {"error": {"message", "type", "param", "code"}}
         raise SystemExit(f"HTTP {r.status_code}: {r.json()['error']['message']}")
     data = r.json()
-    print("answer:", data["choices"][0]["message"]["content"])
+    message = data["choices"][0]["message"]
+    if message.get("reasoning"):  # <think>...</think> text, split off by the server
+        print("reasoning:", message["reasoning"])
+    print("answer:", message["content"])
     print("finish_reason:", data["choices"][0]["finish_reason"])
     print("usage:", data["usage"])
 
