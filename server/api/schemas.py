@@ -34,6 +34,7 @@ class VideoURL(_Strict):
 class VideoContent(_Strict):
     type: Literal["video_url"]
     video_url: VideoURL
+    uuid: str | None = None  # vLLM's media cache key; accepted, not used
 
 
 ContentPart = Annotated[TextContent | VideoContent, Field(discriminator="type")]
@@ -54,6 +55,26 @@ class MMProcessorKwargs(_Strict):
     fps: float | None = Field(default=None, gt=0, le=60)
     num_frames: int | None = Field(default=None, ge=2, le=4096)
     max_pixels: int | None = Field(default=None, ge=28 * 28, le=4096 * 4096)
+    # Sent by Qwen tooling and eval harnesses; frames are always sampled by this server and
+    # resized down only, so these are accepted and have no effect.
+    min_pixels: int | None = Field(default=None, ge=0)
+    do_sample_frames: bool | None = None
+
+
+class VideoIOKwargs(_Strict):
+    num_frames: int | None = Field(default=None, ge=2, le=4096)
+    fps: float | None = Field(default=None, gt=0, le=60)
+
+
+class MediaIOKwargs(_Strict):
+    """vLLM's per-request media loading options (lmms-eval sends `video.num_frames`)."""
+
+    video: VideoIOKwargs | None = None
+
+
+TemplateValue = StrictBool | int | float | str
+RESERVED_TEMPLATE_KEYS = {"messages", "conversation", "tokenize", "add_generation_prompt", "chat_template",
+                          "tools", "documents", "return_dict"}
 
 
 class ChatCompletionRequest(BaseModel):
@@ -71,8 +92,18 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     mm_processor_kwargs: MMProcessorKwargs | None = None
+    media_io_kwargs: MediaIOKwargs | None = None
+    chat_template_kwargs: dict[str, TemplateValue] | None = None
     # Validated by VReasonParams (clear 400s naming the option), not by pydantic.
     vreason: StrictBool | dict[str, Any] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v):
+        bad = sorted(set(v or {}) & RESERVED_TEMPLATE_KEYS)
+        if bad:
+            raise ValueError(f"chat_template_kwargs may not set {', '.join(bad)}")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -105,10 +136,12 @@ class ChatCompletionRequest(BaseModel):
                     for p in m.content)))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         mm = self.mm_processor_kwargs or MMProcessorKwargs()
+        io = (self.media_io_kwargs.video if self.media_io_kwargs else None) or VideoIOKwargs()
         return GenerateRequest(
             request_id=request_id, messages=tuple(msgs),
             sampling=SamplingOptions(max_tokens=self.max_completion_tokens or self.max_tokens,
                                      temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                                      stop=stop, n=self.n, ignore_eos=self.ignore_eos),
-            video=VideoOptions(fps=mm.fps, num_frames=mm.num_frames, max_pixels=mm.max_pixels),
-            vreason=vreason)
+            video=VideoOptions(fps=mm.fps or io.fps, num_frames=mm.num_frames or io.num_frames,
+                               max_pixels=mm.max_pixels),
+            vreason=vreason, chat_template_kwargs=dict(self.chat_template_kwargs or {}))

@@ -55,6 +55,7 @@ class GenerateRequest:
     sampling: SamplingOptions
     video: VideoOptions = VideoOptions()
     vreason: VReasonParams | None = None
+    chat_template_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -129,7 +129,8 @@ class VllmEngine:
             raise EngineClientError(
                 f"at most {self.cfg.limit_videos_per_prompt} video(s) per request are allowed on this "
                 f"server, got {len(urls)}", param="messages", code="too_many_videos")
-        text = self._processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        text = self._processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False,
+                                                   **request.chat_template_kwargs)
         prompt: dict = {"prompt": text}
         if urls:
             v = request.video
