@@ -49,6 +49,11 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--kv-cache-gib", 1, "CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", type=int)
     add("--limit-mm-per-prompt", '{"video": 1}', 'JSON, e.g. \'{"video": 2}\': videos allowed per request')
     add("--allowed-local-media-path", None, "directory whose files may be sent as file:// video URLs")
+    add("--allowed-media-hosts", "", "comma-separated hosts (or *.domain) whose http(s) video URLs may be "
+        "fetched; private, loopback and metadata addresses are always refused (empty: no fetching)")
+    add("--media-allow-private", False, "also fetch from private/loopback addresses (closed networks and "
+        "tests only: never on a server reachable by untrusted clients)", action="store_true")
+    add("--media-fetch-timeout", 30.0, "seconds for one video download, redirects included", type=float)
     add("--video-fps", 2.0, "default frame sampling rate (frames per second of video)", type=float)
     add("--video-max-frames", 32, "cap on sampled frames per video", type=int)
     add("--video-max-pixels", 112 * 112, "cap on pixels per sampled frame (resized down to fit)", type=int)
@@ -93,7 +98,7 @@ def serve(args) -> int:
     from vreason.server.controller.params import ParamError
     from vreason.server.demo_model import ensure_demo_model, is_demo_model
     from vreason.server.engine.vllm_engine import EngineConfig, VllmEngine
-    from vreason.server.video import VideoLimits
+    from vreason.server.video import FetchPolicy, VideoLimits
 
     from vreason.server.api.settings import APISettings
     from vreason.server.logs import setup_logging
@@ -108,6 +113,9 @@ def serve(args) -> int:
         limits = json.loads(args.limit_mm_per_prompt)
         video_limits = VideoLimits(max_bytes=args.video_max_bytes, max_frames=args.video_max_frames,
                                    max_pixels=args.video_max_pixels)
+        fetch_policy = FetchPolicy(allowed_hosts=tuple(h.strip() for h in args.allowed_media_hosts.split(",")
+                                                       if h.strip()), total_timeout=args.media_fetch_timeout,
+                                   allow_private=args.media_allow_private)
     except (ParamError, ValueError, TypeError) as e:
         print(f"vreason serve: invalid option: {e}", file=sys.stderr)
         return 2
@@ -124,6 +132,7 @@ def serve(args) -> int:
         tensor_parallel_size=args.tensor_parallel_size, kv_cache_gib=args.kv_cache_gib,
         limit_videos_per_prompt=int(limits.get("video", 1)),
         allowed_local_media_path=args.allowed_local_media_path, video_limits=video_limits,
+        fetch_policy=fetch_policy,
         default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
         data_parallel_size=args.data_parallel_size)
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)

@@ -106,10 +106,20 @@ def _usage_dict(u: Usage, choices: list[Choice]) -> dict:
     return out
 
 
-def check_model(engine: EngineClient, body: ChatCompletionRequest) -> None:
+def check_request(engine: EngineClient, body: ChatCompletionRequest) -> None:
+    """Checks that need the server's state (served model, context length)."""
     if body.model != engine.model_name:
         raise APIError(404, f"model {body.model!r} does not exist; this server serves "
                        f"{engine.model_name!r}", param="model", code="model_not_found")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
+                       code="invalid_request")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, name)
+        if value is not None and value > engine.max_model_len:
+            raise APIError(400, f"{name}={value} cannot fit: this model's maximum context length is "
+                           f"{engine.max_model_len} tokens (prompt plus output)", param=name,
+                           code="invalid_request")
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -221,7 +231,7 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
         except (EngineClientError, EngineUnavailable) as e:
             status = getattr(e, "status", 503)
             yield _sse(error_body(status, getattr(e, "message", str(e)), getattr(e, "param", None),
-                                  getattr(e, "code", None)))
+                                  getattr(e, "code", "engine_unavailable")))
             yield "data: [DONE]\n\n"
         finally:
             obs.finished(usage, [c.finish_reason for c in choices])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +17,8 @@ logger = logging.getLogger("vreason.api")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-          429: "rate_limit_error", 503: "service_unavailable_error", 504: "timeout_error"}
+          422: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
+          503: "service_unavailable_error", 504: "timeout_error"}
 
 
 class APIError(Exception):
@@ -35,14 +37,24 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*|dict\[.*|function-.*|literal\[.*|tagged-union\[.*"
+                        r"|[A-Z][A-Za-z]+(Content|Options|Kwargs)?)$")
+
+
+_PART_TAGS = {"text", "video_url", "image_url"}
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
-    err = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-    if err.get("type") == "json_invalid":
+    errors = exc.errors() or [{"msg": "invalid request", "loc": ()}]
+    if any(e.get("type") == "json_invalid" for e in errors):
         return "request body is not valid JSON", None, "invalid_json"
+    # For a union, pydantic reports one error per member; the deepest one names the real fault.
+    err = max(errors, key=lambda e: len(e.get("loc", ())))
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
     # Pydantic adds the union member's tag to the location; it means nothing to a client.
-    loc = [x for x in loc if x not in ("TextContent", "VideoContent", "bool", "VReasonOptions")
-           and not x.startswith(("function-", "literal["))]
+    loc = [x for x in loc if not _UNION_TAG.match(x)]
+    # ...and a tagged union's tag after the list index (content.0.video_url.video_url.url).
+    loc = [x for i, x in enumerate(loc) if not (i and loc[i - 1].isdigit() and x in _PART_TAGS)]
     param = ".".join(loc) or None
     msg = err.get("msg", "invalid value")
     if err.get("type") == "missing":

@@ -22,7 +22,7 @@ def _engine(request: Request):
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine = _engine(request)
-    chat.check_model(engine, body)
+    chat.check_request(engine, body)
     if not engine.is_ready():
         return error_response(503, "engine is not ready", None, "engine_unavailable")
     params = body.vreason_params(request.app.state.vreason_default)

@@ -16,6 +16,7 @@ from vreason.server.engine.types import (GenerateRequest, Message, SamplingOptio
                                          VideoOptions, VideoPart)
 
 MAX_N = 8
+MAX_INT32 = 2 ** 31 - 1
 
 
 class _Strict(BaseModel):
@@ -81,11 +82,11 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=MAX_N)
     ignore_eos: bool = False  # vLLM's extension, used by benchmarks: always generate max_tokens

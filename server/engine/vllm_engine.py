@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
-from vreason.server.video import SamplingSpec, VideoError, VideoLimits, load_video
+from vreason.server.video import FetchPolicy, SamplingSpec, VideoError, VideoLimits, load_video
 
 from .scheduler_stats import scheduler_stats_logger
 from .traces import TraceHub
@@ -42,6 +42,7 @@ class EngineConfig:
     limit_videos_per_prompt: int = 1
     allowed_local_media_path: str | None = None
     video_limits: VideoLimits = field(default_factory=VideoLimits)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     default_fps: float = 2.0
     enable_prefix_caching: bool = True
 
@@ -142,7 +143,8 @@ class VllmEngine:
             try:
                 videos = await asyncio.gather(*(load_video(
                     u, spec=spec, limits=limits,
-                    allowed_local_media_path=self.cfg.allowed_local_media_path) for u in urls))
+                    allowed_local_media_path=self.cfg.allowed_local_media_path,
+                    fetch_policy=self.cfg.fetch_policy) for u in urls))
             except VideoError as e:
                 raise EngineClientError(e.message, param=e.param, code=e.code, status=e.status) from e
             prompt["multi_modal_data"] = {"video": [(d.frames, d.metadata) for d in videos]}
@@ -161,6 +163,8 @@ class VllmEngine:
             stop=list(s.stop) or None, ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA, extra_args=extra)
 
     async def generate(self, request: GenerateRequest, usage: Usage) -> AsyncIterator[ChoiceDelta]:
+        from vllm.exceptions import VLLMClientError
+
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
         prompt = await self._prompt(request)
@@ -185,7 +189,7 @@ class VllmEngine:
                                 await trace.wait_for(c.index, counts[c.index], timeout=5.0)
                             delta.trace_rows = trace.take(c.index, counts[c.index])
                         yield delta
-            except ValueError as e:  # vLLM's admission checks (prompt too long, bad params)
+            except (ValueError, VLLMClientError) as e:  # vLLM's admission checks (prompt too long, ...)
                 if started:
                     raise
                 raise EngineClientError(str(e), param="messages") from e

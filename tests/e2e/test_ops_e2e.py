@@ -20,7 +20,8 @@ KEY = "test-key-123"
 @pytest.fixture(scope="module")
 def ops_server(demo_model, media_dir, tmp_path_factory):
     s = start_server(demo_model, media_dir, tmp_path_factory.mktemp("ops") / "server.log",
-                     "--api-key", KEY, "--max-body-bytes", "200000")
+                     "--api-key", KEY, "--max-body-bytes", "200000",
+                     "--allowed-media-hosts", "127.0.0.1,media.invalid", "--media-allow-private")
     yield s
     if s.proc.poll() is None:
         stop_server(s)
@@ -46,6 +47,28 @@ def test_body_too_large(ops_server):
     r = httpx.post(f"{ops_server.url}/v1/chat/completions", json=body,
                    headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_http_video_url_is_fetched(ops_server, media_dir):
+    """A video served over http by an allowed host is fetched; a host not on the list is refused."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(media_dir))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = sdk(ops_server)
+        url = f"http://127.0.0.1:{httpd.server_port}/shapes.mp4"
+        r = client.chat.completions.create(model="demo", max_tokens=3, messages=video_messages(url))
+        assert r.usage.prompt_tokens > 32  # the video's tokens are in the prompt
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="demo", max_tokens=3,
+                                           messages=video_messages(f"http://localhost:{httpd.server_port}/shapes.mp4"))
+        assert e.value.body["code"] == "media_fetch_disallowed"
+    finally:
+        httpd.shutdown()
 
 
 def _scrape(server) -> dict[str, float]:
