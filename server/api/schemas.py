@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from vreason.server.controller.params import VReasonParams
-from vreason.server.engine.types import (GenerateRequest, Message, SamplingOptions, TextPart,
+from vreason.server.engine.types import (GenerateRequest, ImagePart, Message, SamplingOptions, TextPart,
                                          VideoOptions, VideoPart)
 
 MAX_N = 8
@@ -38,7 +38,18 @@ class VideoContent(_Strict):
     uuid: str | None = None  # vLLM's media cache key; accepted, not used
 
 
-ContentPart = Annotated[TextContent | VideoContent, Field(discriminator="type")]
+class ImageURL(_Strict):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's; frames are sized by the server
+
+
+class ImageContent(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+    uuid: str | None = None
+
+
+ContentPart = Annotated[TextContent | VideoContent | ImageContent, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
@@ -132,9 +143,7 @@ class ChatCompletionRequest(BaseModel):
             if isinstance(m.content, str):
                 msgs.append(Message(m.role, m.content))
             else:
-                msgs.append(Message(m.role, tuple(
-                    TextPart(p.text) if isinstance(p, TextContent) else VideoPart(p.video_url.url)
-                    for p in m.content)))
+                msgs.append(Message(m.role, tuple(_part(p) for p in m.content)))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         mm = self.mm_processor_kwargs or MMProcessorKwargs()
         io = (self.media_io_kwargs.video if self.media_io_kwargs else None) or VideoIOKwargs()
@@ -146,3 +155,11 @@ class ChatCompletionRequest(BaseModel):
             video=VideoOptions(fps=mm.fps or io.fps, num_frames=mm.num_frames or io.num_frames,
                                max_pixels=mm.max_pixels),
             vreason=vreason, chat_template_kwargs=dict(self.chat_template_kwargs or {}))
+
+
+def _part(p: TextContent | VideoContent | ImageContent) -> TextPart | VideoPart | ImagePart:
+    if isinstance(p, TextContent):
+        return TextPart(p.text)
+    if isinstance(p, VideoContent):
+        return VideoPart(p.video_url.url)
+    return ImagePart(p.image_url.url)

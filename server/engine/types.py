@@ -23,9 +23,16 @@ class VideoPart:
 
 
 @dataclass(frozen=True)
+class ImagePart:
+    """A still image; consecutive images in one message are taken as the frames of one video."""
+
+    url: str
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
-    content: str | tuple[TextPart | VideoPart, ...]
+    content: str | tuple[TextPart | VideoPart | ImagePart, ...]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, replace
 
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 from vreason.server.video import FetchPolicy, SamplingSpec, VideoError, VideoLimits, load_video
+from vreason.server.video.frames import is_frame_list_url, load_frames, split_frame_list
 
 from .scheduler_stats import scheduler_stats_logger
 from .traces import TraceHub
-from .types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, Message,
+from .types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart, Message,
                     TextPart, Usage, VideoPart)
 
 logger = logging.getLogger("vreason.engine")
@@ -125,7 +126,7 @@ class VllmEngine:
             await self._llm.abort(request_id)
 
     async def _prompt(self, request: GenerateRequest) -> dict:
-        chat, urls = _chat_for_template(request.messages)
+        chat, urls = _chat_for_template(request.messages)  # urls: a URL or a frame-URL list per video
         if len(urls) > self.cfg.limit_videos_per_prompt:
             raise EngineClientError(
                 f"at most {self.cfg.limit_videos_per_prompt} video(s) per request are allowed on this "
@@ -140,11 +141,13 @@ class VllmEngine:
                 limits = replace(limits, max_pixels=v.max_pixels)
             spec = SamplingSpec(fps=None if v.num_frames else (v.fps or self.cfg.default_fps),
                                 num_frames=v.num_frames)
+            local = self.cfg.allowed_local_media_path
             try:
-                videos = await asyncio.gather(*(load_video(
-                    u, spec=spec, limits=limits,
-                    allowed_local_media_path=self.cfg.allowed_local_media_path,
-                    fetch_policy=self.cfg.fetch_policy) for u in urls))
+                videos = await asyncio.gather(*(
+                    load_frames(u, fps=v.fps or self.cfg.default_fps, limits=limits, allowed_local_media_path=local)
+                    if isinstance(u, list) else
+                    load_video(u, spec=spec, limits=limits, allowed_local_media_path=local,
+                               fetch_policy=self.cfg.fetch_policy) for u in urls))
             except VideoError as e:
                 raise EngineClientError(e.message, param=e.param, code=e.code, status=e.status) from e
             prompt["multi_modal_data"] = {"video": [(d.frames, d.metadata) for d in videos]}
@@ -202,18 +205,22 @@ class VllmEngine:
                 self.traces.unregister(request.request_id)
 
 
-def _chat_for_template(messages: tuple[Message, ...]) -> tuple[list[dict], list[str]]:
-    chat, urls = [], []
+def _chat_for_template(messages: tuple[Message, ...]) -> tuple[list[dict], list[str | list[str]]]:
+    """Chat dicts for the template plus one media item per video: a URL, or a list of frame URLs
+    (consecutive image parts of one message, or vLLM's data:video/jpeg frame-list URL)."""
+    chat, media = [], []
     for m in messages:
         if isinstance(m.content, str):
             chat.append({"role": m.role, "content": m.content})
             continue
-        parts = []
+        parts: list[dict] = []
         for p in m.content:
             if isinstance(p, TextPart):
                 parts.append({"type": "text", "text": p.text})
-            elif isinstance(p, VideoPart):
-                parts.append({"type": "video"})
-                urls.append(p.url)
-        chat.append({"role": m.role, "content": parts})
-    return chat, urls
+            elif isinstance(p, ImagePart) and parts and parts[-1].get("frames") is not None:
+                parts[-1]["frames"].append(p.url)  # another frame of the same video
+            else:
+                parts.append({"type": "video", "frames": [p.url] if isinstance(p, ImagePart) else None})
+                media.append(p.url if isinstance(p, VideoPart) else parts[-1]["frames"])
+        chat.append({"role": m.role, "content": [{k: v for k, v in d.items() if k != "frames"} for d in parts]})
+    return chat, [split_frame_list(u) if isinstance(u, str) and is_frame_list_url(u) else u for u in media]

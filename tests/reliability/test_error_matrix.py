@@ -95,8 +95,15 @@ ROWS = [
     Row("message_bad_role", req(messages=[{"role": "robot", "content": "hi"}]), 400, param="messages.0.role"),
     Row("message_content_missing", req(messages=[{"role": "user"}]), 400, param="messages.0.content"),
     Row("message_content_int", req(messages=[{"role": "user", "content": 5}]), 400, param="messages.0.content"),
-    Row("content_part_image_url", req(messages=[{"role": "user", "content": [
+    # image_url parts are frames of a video (harness frame mode); "ABC" is no image
+    Row("image_frame_not_an_image", req(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]}]), 400,
+        code="video_decode_failed", param="messages"),
+    Row("image_frame_http_url", req(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.jpg"}}]}]), 400,
+        code="unsupported_media_url", param="messages"),
+    Row("content_part_unknown_type", req(messages=[{"role": "user", "content": [
+        {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,QUJD"}}]}]), 400,
         param=("messages.0.content", "messages.0.content.0", "messages.0.content.0.type")),
     Row("content_part_text_missing", req(messages=[{"role": "user", "content": [{"type": "text"}]}]), 400,
         param=("messages.0.content", "messages.0.content.0", "messages.0.content.0.text")),
