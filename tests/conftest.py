@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.clips import LONG_CLIP, SHORT_CLIP
+
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT = 300
 
@@ -36,7 +38,10 @@ def media_dir(tmp_path_factory) -> Path:
     from vreason.clients.synth_video import write_moving_shapes_mp4
 
     d = tmp_path_factory.mktemp("media")
-    write_moving_shapes_mp4(d / "shapes.mp4")
+    write_moving_shapes_mp4(d / SHORT_CLIP)  # 2 s: samples to 4 frames = 2 temporal patches
+    # 8 s at 2 fps: samples to 16 frames = 8 temporal patches, where the position of the text
+    # after the video depends on the temporal axis (see tests/reference/eager_vreason.py)
+    write_moving_shapes_mp4(d / LONG_CLIP, num_frames=16, fps=2.0)
     return d
 
 

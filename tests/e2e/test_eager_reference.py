@@ -1,4 +1,8 @@
-"""The server's V-Reason (batched, in vLLM) against the eager HF-transformers oracle, greedy fp32."""
+"""The server's V-Reason (batched, in vLLM) against the eager HF-transformers oracle, greedy fp32.
+
+The clip samples to 8 temporal patches, so the oracle's M-RoPE positions after the video follow
+the original Qwen2.5-VL rule rather than transformers 5.19's (tests/reference/eager_vreason.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 
 from tests.e2e.test_server_e2e import video_messages
+from tests.helpers.clips import LONG_CLIP
 from tests.reference.eager_vreason import eager_generate
 from vreason.server.controller import VReasonParams
 from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolve_video_url
@@ -27,7 +32,7 @@ def hf(demo_model, media_dir):
 
     proc = AutoProcessor.from_pretrained(demo_model)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_model, dtype=torch.float32).eval()
-    url = f"file://{media_dir / 'shapes.mp4'}"
+    url = f"file://{media_dir / LONG_CLIP}"
     limits = VideoLimits()  # the server's defaults
     video = decode_video(resolve_video_url(url, allowed_local_media_path=str(media_dir), limits=limits),
                          SamplingSpec(fps=2.0), limits)
@@ -36,6 +41,7 @@ def hf(demo_model, media_dir):
     meta = {k: v for k, v in video.metadata.items() if k != "do_sample_frames"}
     inputs = proc(text=[text], videos=[video.frames], return_tensors="pt",
                   videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]})
+    assert int(inputs["video_grid_thw"][0, 0]) >= 4  # the case transformers 5.19 gets wrong
     return proc, model, inputs, url
 
 

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import clean_env
+from tests.helpers.clips import LONG_CLIP
 from vreason.clients.synth_video import mp4_data_url
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def test_sse_framing_ends_with_done(server):
 
 
 def test_greedy_equals_stock_vllm_offline(client, server, demo_model, media_dir):
-    video = media_dir / "shapes.mp4"
+    video = media_dir / LONG_CLIP  # 8 temporal patches
     r = client.chat.completions.create(model=server.model, messages=video_messages(f"file://{video}"),
                                        max_tokens=24, temperature=0)
     script = Path(__file__).with_name("stock_generate.py")

@@ -4,6 +4,11 @@ Every step re-runs the whole sequence through the HF model with a forward hook t
 the last layer's value projections at the video positions by the controlled values
 Vn = normrestore(V0 + dV). dV is a leaf optimised with torch.optim.Adam through the whole
 model (only layer L depends on it). Greedy decoding, fp32.
+
+M-RoPE positions are built here by the original Qwen2.5-VL rule (`mrope_positions`) and passed
+to the model: transformers 5.19's `get_rope_index` starts the text after a video at
+`max(h, w) // merge` past the video's start, ignoring the temporal axis, which disagrees with
+the original rule (and vLLM) by whole nats once a video has 3 or more temporal patches.
 """
 
 from __future__ import annotations
@@ -23,14 +28,47 @@ def _controlled(v0, delta, norm_restore):
         torch.linalg.vector_norm(v0, dim=-1, keepdim=True)
 
 
+def mrope_positions(input_ids: torch.Tensor, video_token_id: int, video_grid_thw: torch.Tensor,
+                    second_per_grid_ts, spatial_merge_size: int, tokens_per_second: float) -> torch.Tensor:
+    """[3, L] (temporal, height, width) positions of one sequence, by the original Qwen2.5-VL rule.
+
+    Text tokens take the same position on all three axes, counting on from the previous token.
+    The i-th run of video tokens, with llm grid (t, h, w) = (T, H / merge, W / merge), takes
+    (floor(k * second_per_grid_t * tokens_per_second), row, column) + s for its patch k,
+    where s is the position the run starts at; the text after it starts at the maximum
+    position of the run + 1 (not at s + max(h, w), as transformers 5.19 has it).
+    """
+    ids = input_ids.tolist()
+    grids = iter(video_grid_thw.tolist())
+    secs = iter(torch.as_tensor(second_per_grid_ts, dtype=torch.float64).tolist())
+    out, i, nxt = [], 0, 0
+    while i < len(ids):
+        if ids[i] != video_token_id:
+            out.append(torch.full((3, 1), nxt, dtype=torch.long))
+            nxt, i = nxt + 1, i + 1
+            continue
+        t, h, w = next(grids)
+        h, w = h // spatial_merge_size, w // spatial_merge_size
+        tt = (torch.arange(t, dtype=torch.float64) * next(secs) * tokens_per_second).long()
+        grid = torch.stack(torch.meshgrid(tt, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+        if ids[i:i + grid.shape[1]] != [video_token_id] * grid.shape[1]:
+            raise ValueError(f"video run at {i} is not {grid.shape[1]} tokens long")
+        out.append(grid + nxt)
+        nxt, i = int(out[-1].max()) + 1, i + grid.shape[1]
+    if next(grids, None) is not None:
+        raise ValueError("more video grids than video runs")
+    return torch.cat(out, dim=1)
+
+
 def _entropy(z):
     lp = torch.log_softmax(z.float(), -1)
     return -(lp.exp() * lp).sum(-1)
 
 
 def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_new_tokens: int,
-                   params: VReasonParams | None) -> tuple[list[int], list[dict]]:
-    """Returns (generated token ids, trace rows {entropy, ema, alpha, updated})."""
+                   params: VReasonParams | None, keep_logits: bool = False) -> tuple[list[int], list[dict]]:
+    """Returns (generated token ids, trace rows {entropy, ema, alpha, updated}); with
+    `keep_logits` each row also holds the fp32 logits the token was chosen from."""
     ids = inputs["input_ids"]
     pos = (ids[0] == video_token_id).nonzero().flatten()
     attn = model.model.language_model.layers[-1].self_attn
@@ -48,9 +86,15 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
 
     handle = attn.v_proj.register_forward_hook(hook)
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    cfg = model.config
+    prompt_pos = mrope_positions(ids[0], video_token_id, inputs["video_grid_thw"], inputs["second_per_grid_ts"],
+                                 cfg.vision_config.spatial_merge_size, cfg.vision_config.tokens_per_second)
 
     def logits_of(seq):
         kw = dict(extra)
+        gen = seq.shape[1] - ids.shape[1]  # generated tokens are text: one position each
+        tail = torch.arange(1, gen + 1) + int(prompt_pos.max())
+        kw["position_ids"] = torch.cat([prompt_pos, tail.expand(3, -1)], dim=1)[:, None, :]
         if "mm_token_type_ids" in kw:  # generated tokens are text (type 0)
             tt = kw["mm_token_type_ids"]
             kw["mm_token_type_ids"] = torch.cat([tt, tt.new_zeros(1, seq.shape[1] - tt.shape[1])], dim=1)
@@ -91,6 +135,8 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
                         with torch.no_grad():
                             set_vn()
                             z = logits_of(seq)
+            if keep_logits:
+                row["logits"] = z.detach().clone()
             rows.append(row)
             tok = int(z.argmax())
             tokens.append(tok)
