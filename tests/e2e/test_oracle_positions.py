@@ -26,9 +26,11 @@ from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolv
 QUESTION = "What moves in this video?"
 STEPS = 6
 TOP = 20
-# fp32 on both sides over a tiny model; measured agreement is ~1e-6 (see the issue note). A
-# position error shows up as whole nats (0.13 nats at 3 patches, 0.39 at 4 on the demo model).
-LOGPROB_TOL = 1e-4
+# fp32 on both sides. Measured on the demo model (top-20 logprobs, 6 steps): 1.9e-5 to 3.5e-5
+# with the original rule (the two stacks sum in different orders over logits of large
+# magnitude), 2.7 and 5.6 nats with transformers 5.19's positions at 3 and 4 patches. 1e-3
+# leaves other CPUs' summation orders room and stays far below a position error.
+LOGPROB_TOL = 1e-3
 
 
 def test_positions_follow_the_original_rule():
@@ -76,7 +78,10 @@ def test_oracle_logits_equal_stock_vllm_for_long_clips(demo_model, tmp_path):
         tokens, rows = eager_generate(model, inputs, model.config.video_token_id,
                                       model.config.text_config.eos_token_id, STEPS, None, keep_logits=True)
         assert tokens == stock["token_ids"], frames
+        worst = 0.0
         for t, (row, top) in enumerate(zip(rows, stock["logprobs"]), start=1):
             logp = torch.log_softmax(row["logits"].double(), -1)
-            worst = max(abs(logp[int(k)].item() - v) for k, v in top.items() if math.isfinite(v))
+            worst = max(worst, *(abs(logp[int(k)].item() - v) for k, v in top.items() if math.isfinite(v)))
             assert worst < LOGPROB_TOL, f"{frames} frames, step {t}: |dlogprob| {worst:.3g}"
+        print(f"{frames} frames ({frames // 2} temporal patches): max |dlogprob| over the top {TOP}, "
+              f"{STEPS} steps: {worst:.3g}")
