@@ -1,4 +1,4 @@
-"""Eager oracle of DESIGN section 2: HF transformers, one request, the obvious loop, no vLLM.
+"""Eager oracle of docs/design.md section 2: HF transformers, one request, the obvious loop, no vLLM.
 
 Every step re-runs the whole sequence through the HF model with a forward hook that replaces
 the last layer's value projections at the video positions by the controlled values
