@@ -242,7 +242,10 @@ healthcheck() {
 
 stop_container() {
     podman stop --time 40 "$CTR" > /dev/null
-    echo "   exit code after SIGTERM: $(podman inspect --format '{{.State.ExitCode}}' "$CTR")"
+    local code
+    code=$(podman inspect --format '{{.State.ExitCode}}' "$CTR")
+    echo "   exit code after SIGTERM: $code"
+    [ "$code" = 0 ] || { echo "!! SIGTERM should drain and exit 0" >&2; return 1; }
 }
 
 step "install podman, runc, debootstrap" install_tools
