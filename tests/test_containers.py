@@ -144,7 +144,7 @@ def test_compose_parses_and_commands_are_real_flags():
         assert svc["healthcheck"]["test"][-1].endswith("/health")
         # The README's run line: /dev/shm size, a named cache volume, models read-only.
         assert svc["shm_size"] == _documented_shm()
-        assert "cache:/cache" in svc["volumes"] and "models:/models:ro" in svc["volumes"]
+        assert "cache:/cache" in svc["volumes"] and "${VREASON_MODELS_DIR:-/srv/models}:/models:ro" in svc["volumes"]
         assert args.model.startswith("/models/")
     router = compose["services"]["router"]
     conf = (ROOT / "docker" / "nginx.conf").read_text()
