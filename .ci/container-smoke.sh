@@ -55,7 +55,7 @@ TIMINGS=()
 T_START=$SECONDS
 # Disk: podman 4.3 commits the 7 GB install layer by way of two temporary copies (a tar blob and a
 # staging file) beside the build container's own upper layer, so the peak is about four times the
-# image (about 28 GB in all, seen in a run here). Refuse early rather than fill the disk.
+# image (28.2 GB at the peak in a run here). Refuse early rather than fill the disk.
 NEED_FREE_MB=32000
 free_mb=$(df -B1M --output=avail "$WORK" | tail -1)
 if [ "$free_mb" -lt "$NEED_FREE_MB" ]; then
@@ -66,8 +66,10 @@ fi
 echo 0 > "$WORK/disk-peak"
 (   # peak size of $WORK (-x: not through the overlay mounts of running containers)
     while sleep 10; do
-        used=$(du -sxm "$WORK" 2>/dev/null | cut -f1) || exit 0
-        [ "${used:-0}" -gt "$(cat "$WORK/disk-peak" 2>/dev/null || echo 0)" ] && echo "$used" > "$WORK/disk-peak"
+        # du complains about files that vanish under it (a build is running): keep its number.
+        used=$( (du -sxm "$WORK" 2>/dev/null || true) | cut -f1)
+        peak=$(cat "$WORK/disk-peak" 2>/dev/null || echo 0)
+        if [ "${used:-0}" -gt "${peak:-0}" ]; then echo "$used" > "$WORK/disk-peak"; fi
     done
 ) &
 DISK_SAMPLER=$!
