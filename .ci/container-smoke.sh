@@ -30,8 +30,10 @@ fi
 
 WORK=$(mktemp -d /var/tmp/vreason-container-smoke.XXXXXX)
 mkdir -p "$WORK/tmp" "$WORK/storage" "$WORK/run"
-# podman keeps a blob-info cache in /var/lib/containers even with its storage elsewhere.
-[ -e /var/lib/containers ] && MADE_VARLIB=0 || MADE_VARLIB=1
+# podman keeps a blob-info cache in /var/lib/containers and a CNI lock file in /etc/cni/net.d even
+# with its storage elsewhere: remove them at the end if they were not there before.
+LEFTOVERS=()
+for path in /var/lib/containers /etc/cni/net.d/cni.lock; do [ -e "$path" ] || LEFTOVERS+=("$path"); done
 export TMPDIR=$WORK/tmp CONTAINERS_CONF=$WORK/containers.conf CONTAINERS_STORAGE_CONF=$WORK/storage.conf
 cat > "$CONTAINERS_CONF" <<EOF
 [containers]
@@ -105,7 +107,7 @@ cleanup() {
     # Anything still mounted below $WORK (debootstrap's /proc, storage layers), deepest first.
     awk -v w="$WORK" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
     rm -rf "$WORK"
-    [ "$MADE_VARLIB" = 1 ] && rm -rf /var/lib/containers
+    [ ${#LEFTOVERS[@]} = 0 ] || rm -rf "${LEFTOVERS[@]}"
     [ -e "$WORK" ] && echo "!! container-smoke: could not remove $WORK" >&2
     TIMINGS+=("$(printf '%-34s %5d s' "clean up" $((SECONDS - t0)))")
     summary
