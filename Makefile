@@ -37,7 +37,8 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 # Build docker/Dockerfile.cpu with podman on a debootstrapped Debian base, run it and talk to it
-# through the OpenAI SDK, then remove all of it (root; about 10 minutes; CI runs it after `test`).
+# through the OpenAI SDK, then remove all of it (root; CI runs it after `test`; about 20 minutes and
+# 30 GB of free disk on a busy 2-core machine, see .ci/container-smoke.sh).
 test-container:
 	bash .ci/container-smoke.sh
 
