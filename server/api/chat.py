@@ -251,10 +251,12 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
 
     async def events() -> AsyncIterator[str]:
         try:
-            videos = {"videos": videos_object(usage)} if usage.videos else {}
+            first_extra = {"videos": videos_object(usage)} if usage.videos else {}
+            if every_chunk_usage:  # the role chunks come before any token, as on vLLM
+                first_extra["usage"] = _usage_dict(Usage(usage.prompt_tokens), choices)
             for i in range(gen.sampling.n):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                              "logprobs": None, "finish_reason": None}], **videos)
+                              "logprobs": None, "finish_reason": None}], **first_extra)
             d = first
             while d is not None:
                 obs.tokens_seen(usage.completion_tokens)

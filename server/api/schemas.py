@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from vreason.server.controller.params import VReasonParams
-from vreason.server.engine.types import (MAX_LOGPROBS, GenerateRequest, ImagePart, Message, SamplingOptions, TextPart,
-                                         VideoOptions, VideoPart)
+from vreason.server.engine.types import (MAX_LOGPROBS, GenerateRequest, ImagePart, Message, SamplingOptions,
+                                         TextPart, VideoOptions, VideoPart)
 
 MAX_N = 8
 MAX_INT32 = 2 ** 31 - 1
@@ -121,7 +121,7 @@ class ChatCompletionRequest(_Strict):
     # Sampling: None means unset, so the model's generation_config default applies (as in vLLM).
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_INT32)  # 0: off (vLLM)
+    top_k: StrictInt | None = Field(default=None, ge=-1, le=MAX_INT32)  # 0 or -1: off (vLLM)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

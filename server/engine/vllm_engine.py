@@ -21,8 +21,8 @@ from vreason.server.video.frames import is_frame_list_url, load_frames, pick_fra
 
 from .scheduler_stats import scheduler_stats_logger
 from .traces import TraceHub
-from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart, Message,
-                    TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
+from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
+                    Message, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
 
 logger = logging.getLogger("vreason.engine")
 
@@ -193,8 +193,8 @@ class VllmEngine:
         for i, ((asked, over, param), d) in enumerate(zip(uses, videos)):
             usage.videos.append(VideoUse(frames=int(d.frames.shape[0]), requested=asked, capped=over, param=param))
             if over:
-                logger.info("request %s video %d: %d frames asked (%s); sampled %d, the server's cap",
-                            request.request_id, i, asked, param, cap)
+                logger.info("request %s video %d: %d frames asked (%s), above the server's cap: sampled at "
+                            "most %d (%d used)", request.request_id, i, asked, param, cap, d.frames.shape[0])
         return videos
 
     def _max_tokens(self, requested: int | None) -> int | None:
