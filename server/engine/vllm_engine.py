@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 from vreason.server.video import FetchPolicy, SamplingSpec, VideoError, VideoLimits, load_video
@@ -22,7 +22,7 @@ from vreason.server.video.frames import is_frame_list_url, load_frames, pick_fra
 from .scheduler_stats import scheduler_stats_logger
 from .traces import TraceHub
 from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
-                    Message, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
+                    Message, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
 
 logger = logging.getLogger("vreason.engine")
 
@@ -59,6 +59,9 @@ class EngineConfig:
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
+
+
+_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingOptions))
 
 
 def _engine_args(cfg: EngineConfig):
@@ -214,18 +217,19 @@ class VllmEngine:
         from vllm.exceptions import VLLMValidationError
 
         s = request.sampling
-        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
-                  if v is not None and k != "max_tokens"}
+        sent = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
+                if v is not None and k != "max_tokens"}
         try:
             # stream=True: vLLM then emits DELTA outputs, which this engine always consumes.
-            vreq = VllmChatRequest.model_validate({"messages": [], "stream": True, **fields})
+            vreq = VllmChatRequest.model_validate({"messages": [], "stream": True, **sent})
             params = vreq.to_sampling_params(self._max_tokens(s.max_tokens), self._defaults)
         except ValidationError as e:
             err = e.errors()[0] if e.errors() else {}
             param = ".".join(str(x) for x in err.get("loc", ())) or None
             raise EngineClientError(f"{param}: {err.get('msg', e)}" if param else str(e), param=param) from e
-        except VLLMValidationError as e:  # its messages start with the field's name when it gives none
-            param = e.parameter or next((f for f in fields if str(e).startswith(f + " ")), None)
+        except (VLLMValidationError, ValueError, TypeError) as e:  # all from the request's own fields
+            # vLLM's messages start with the field's name when it gives no parameter.
+            param = getattr(e, "parameter", None) or next((f for f in sent if str(e).startswith(f + " ")), None)
             raise EngineClientError(str(e), param=param) from e
         if request.vreason is not None and request.vreason.enabled:
             params.extra_args = {**(params.extra_args or {}), EXTRA_ARGS_KEY: request.vreason.to_dict(),
@@ -264,7 +268,9 @@ class VllmEngine:
             except (ValueError, VLLMClientError) as e:  # vLLM's admission checks (prompt too long, ...)
                 if started:
                     raise
-                raise EngineClientError(str(e), param=getattr(e, "parameter", None) or "messages") from e
+                # vLLM names a request field (logit_bias, stop_token_ids, ...) or its own notion
+                # ("input_tokens": the prompt, i.e. the messages).
+                raise EngineClientError(str(e), param=_fault_param(e, request)) from e
             except Exception as e:
                 if self._llm is None or self._llm.errored:  # EngineDeadError and friends
                     raise EngineUnavailable("the inference engine has stopped") from e
@@ -299,6 +305,18 @@ class VllmEngine:
         raw = token if not sampled else lp.decoded_token
         return TokenLogprob(token, max(lp.logprob, -9999.0),
                             None if raw is None else tuple(raw.encode("utf-8", errors="replace")))
+
+
+def _fault_param(e: Exception, request: GenerateRequest) -> str:
+    """The request field a vLLM admission error is about. vLLM names a sampling field
+    (logit_bias, stop_token_ids, ...), or its own notion ("input_tokens": the prompt, i.e. the
+    messages); its structured-output grammar errors name nothing but come from response_format."""
+    name = getattr(e, "parameter", None)
+    if name in _SAMPLING_FIELDS:
+        return name
+    if request.sampling.response_format is not None and str(e).startswith("Grammar error"):
+        return "response_format"
+    return "messages"
 
 
 def _chat_for_template(messages: tuple[Message, ...]) -> tuple[list[dict], list[str | list[str]]]:

@@ -112,6 +112,13 @@ ROWS = [
     Row("tools_refused", req(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools_not_supported",
         "tools", says="tool calling is not supported"),
     Row("top_logprobs_near_vocab", req(logprobs=True, top_logprobs=2000), 400, param="top_logprobs"),
+    Row("json_schema_invalid_type", req(response_format={"type": "json_schema", "json_schema": {
+        "name": "a", "schema": {"type": "foo"}}}), 400, param="response_format"),
+    Row("json_schema_dangling_ref", req(response_format={"type": "json_schema", "json_schema": {
+        "name": "a", "schema": {"$ref": "#/nowhere"}}}), 400, param="response_format"),
+    Row("allowed_token_ids_empty", req(allowed_token_ids=[]), 400, param="allowed_token_ids"),
+    Row("logit_bias_out_of_vocab", req(logit_bias={"-1": 2}), 400, param="logit_bias"),
+    Row("stop_token_ids_out_of_vocab", req(stop_token_ids=[99999]), 400, param="stop_token_ids"),
     # -- sampling parameters and context (S1-S5, S7, S11) --
     Row("max_tokens_negative", req(max_tokens=-1), 400, param="max_tokens"),
     Row("max_tokens_zero", req(max_tokens=0), 400, param="max_tokens"),
