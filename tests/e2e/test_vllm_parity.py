@@ -358,6 +358,9 @@ def _brief(a: Answer | None) -> str:
     return f"200 {c['text']!r} finish={c['finish']} tokens={a.usage and a.usage['completion_tokens']}"
 
 
+LOGPROB_DIFFS: list[float] = []  # every compared sampled-token logprob, for the summary below
+
+
 def _assert_logprobs_close(ours: list | None, stock: list | None, where: str) -> None:
     assert (ours is None) == (stock is None), f"{where}: logprobs present on one side only"
     if ours is None:
@@ -365,6 +368,7 @@ def _assert_logprobs_close(ours: list | None, stock: list | None, where: str) ->
     assert len(ours) == len(stock), where
     for i, ((tok_o, lp_o, top_o), (tok_s, lp_s, top_s)) in enumerate(zip(ours, stock)):
         assert tok_o == tok_s, f"{where} token {i}"
+        LOGPROB_DIFFS.append(abs(lp_o - lp_s))
         assert abs(lp_o - lp_s) <= LOGPROB_TOL, f"{where} token {i}: {lp_o} vs {lp_s}"
         assert [t for t, _ in top_o] == [t for t, _ in top_s], f"{where} token {i} top tokens"
         for (_, a), (_, b) in zip(top_o, top_s):
@@ -421,3 +425,10 @@ def test_frame_cap_is_reported_in_the_response_and_the_log(answers: dict):
             "(16 used)") in answers["log"]
     plain = answers["ours"]["video_mp4_all_frames"]
     assert plain.raw["videos"] == [{"frames_used": 16, "frames_requested": 16, "capped": False}]
+
+
+def test_logprob_difference_summary(answers: dict):
+    """After the table (runs last): how far apart the logprobs were (printed with -s)."""
+    if not LOGPROB_DIFFS:
+        pytest.skip("no logprob rows ran in this session")
+    print(f"\nlogprobs compared: {len(LOGPROB_DIFFS)}, max |ours - stock| = {max(LOGPROB_DIFFS):.2e}")
