@@ -57,7 +57,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--video-fps", 2.0, "default frame sampling rate (frames per second of video)", type=float)
     add("--video-max-frames", 32, "cap on sampled frames per video", type=int)
     add("--video-max-pixels", 112 * 112, "cap on pixels per sampled frame (resized down to fit)", type=int)
+    add("--video-frames-over-cap", "cap", "a requested frame count (num_frames, or a frame list) above "
+        "--video-max-frames: sample at the cap and say so in the response (cap), or answer 400 (reject)",
+        choices=["cap", "reject"])
     add("--video-max-bytes", 64 * 1024 * 1024, "cap on an encoded video's size in bytes", type=int)
+    add("--generation-config", "auto", "sampling defaults for fields a request does not set, as in vllm "
+        "serve: auto (the model's generation_config.json), vllm (vLLM's neutral defaults) or a directory "
+        "holding a generation_config.json")
     add("--no-prefix-caching", False, "disable vLLM's prefix caching", action="store_true")
     add("--data-parallel-size", 1, "vLLM data-parallel engine replicas in this server", type=int)
     add("--enforce-eager", True, "accepted for vllm-serve compatibility; V-Reason always runs vLLM eagerly",
@@ -134,7 +140,8 @@ def serve(args) -> int:
         allowed_local_media_path=args.allowed_local_media_path, video_limits=video_limits,
         fetch_policy=fetch_policy,
         default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
-        data_parallel_size=args.data_parallel_size)
+        data_parallel_size=args.data_parallel_size, generation_config=args.generation_config,
+        cap_frames=args.video_frames_over_cap == "cap")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
     # lifespan shuts the engine down.

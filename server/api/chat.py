@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from vreason.server.engine.protocol import EngineClient
 from vreason.server.engine.traces import public_row, summarize
 from vreason.server.engine.types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest,
-                                         Usage)
+                                         TokenLogprob, Usage)
 
 from .errors import APIError, error_body
 from .metrics import Metrics
@@ -38,13 +38,18 @@ class Choice:
     reasoning_tokens: int = 0
     tokens: int = 0
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
     rows: list[dict] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
     def add(self, d: ChoiceDelta) -> tuple[str, str]:
         """Take a delta; returns the (reasoning, content) text it adds."""
         new_tokens, self.tokens = d.num_tokens - self.tokens, d.num_tokens
         self.finish_reason = d.finish_reason or self.finish_reason
+        self.stop_reason = d.stop_reason if d.stop_reason is not None else self.stop_reason
         self.rows.extend(d.trace_rows)
+        if d.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + d.logprobs
         if not self.split:
             self.content += d.text
             return "", d.text
@@ -98,6 +103,22 @@ class RequestObserver:
             self.m.success.labels(self.m.model, r or "abort").inc()
 
 
+def logprobs_object(tokens: list[TokenLogprob] | None) -> dict | None:
+    """OpenAI's choice.logprobs: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    if tokens is None:
+        return None
+
+    def one(t: TokenLogprob) -> dict:
+        return {"token": t.token, "logprob": t.logprob, "bytes": None if t.bytes is None else list(t.bytes)}
+    return {"content": [{**one(t), "top_logprobs": [one(a) for a in t.top]} for t in tokens]}
+
+
+def videos_object(usage: Usage) -> list[dict]:
+    """What each video was sampled to; `capped` says the server's frame cap cut the request."""
+    return [{"frames_used": v.frames, "frames_requested": v.requested, "capped": v.capped,
+             **({"param": v.param} if v.param else {})} for v in usage.videos]
+
+
 def _usage_dict(u: Usage, choices: list[Choice]) -> dict:
     out = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
            "total_tokens": u.total_tokens}
@@ -114,6 +135,14 @@ def check_request(engine: EngineClient, body: ChatCompletionRequest) -> None:
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
                        code="invalid_request")
+    if body.tools is not None:
+        raise APIError(400, "tool calling is not supported by this server: send the request without tools",
+                       param="tools", code="tools_not_supported")
+    if body.tool_choice not in (None, "none"):
+        raise APIError(400, "tool calling is not supported by this server: tool_choice may only be \"none\"",
+                       param="tool_choice", code="tools_not_supported")
+    if body.top_logprobs and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_request")
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(body, name)
         if value is not None and value > engine.max_model_len:
@@ -159,10 +188,13 @@ async def complete(engine: EngineClient, request: Request, gen: GenerateRequest,
     body_out = {
         "id": gen.request_id, "object": "chat.completion", "created": int(time.time()),
         "model": engine.model_name,
-        "choices": [{"index": i, "message": c.message(), "finish_reason": c.finish_reason, "logprobs": None}
+        "choices": [{"index": i, "message": c.message(), "logprobs": logprobs_object(c.logprobs),
+                     "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
                     for i, c in enumerate(choices)],
         "usage": _usage_dict(usage, choices),
     }
+    if usage.videos:
+        body_out["videos"] = videos_object(usage)
     if gen.vreason is not None and gen.vreason.trace:
         body_out["vreason"] = _trace_object(gen, choices)
     return JSONResponse(body_out)
@@ -186,12 +218,16 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
     except StopAsyncIteration:
         first = None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    # vLLM's continuous_usage_stats: usage on every chunk (only together with include_usage).
+    every_chunk_usage = include_usage and body.stream_options.continuous_usage_stats
     traced = gen.vreason is not None and gen.vreason.trace
     choices = [Choice(split) for _ in range(gen.sampling.n)]
     base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
             "model": engine.model_name}
 
     def chunk(items: list[dict], **extra) -> str:
+        if every_chunk_usage and "usage" not in extra:
+            extra["usage"] = _usage_dict(usage, choices)
         return _sse({**base, "choices": items, **extra})
 
     def delta_chunk(d: ChoiceDelta) -> str:
@@ -202,7 +238,10 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
             delta["reasoning"] = delta["reasoning_content"] = reasoning
         if content:
             delta["content"] = content
-        item = {"index": d.index, "delta": delta, "finish_reason": d.finish_reason, "logprobs": None}
+        item = {"index": d.index, "delta": delta, "logprobs": logprobs_object(d.logprobs),
+                "finish_reason": d.finish_reason}
+        if d.finish_reason is not None:
+            item["stop_reason"] = d.stop_reason
         if traced and d.trace_rows:
             item["vreason"] = {"steps": [public_row(r) for r in d.trace_rows]}
         if traced and d.finish_reason is not None:
@@ -212,9 +251,12 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
 
     async def events() -> AsyncIterator[str]:
         try:
+            first_extra = {"videos": videos_object(usage)} if usage.videos else {}
+            if every_chunk_usage:  # the role chunks come before any token, as on vLLM
+                first_extra["usage"] = _usage_dict(Usage(usage.prompt_tokens), choices)
             for i in range(gen.sampling.n):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                              "finish_reason": None, "logprobs": None}])
+                              "logprobs": None, "finish_reason": None}], **first_extra)
             d = first
             while d is not None:
                 obs.tokens_seen(usage.completion_tokens)

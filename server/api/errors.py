@@ -48,20 +48,30 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     errors = exc.errors() or [{"msg": "invalid request", "loc": ()}]
     if any(e.get("type") == "json_invalid" for e in errors):
         return "request body is not valid JSON", None, "invalid_json"
+    # Unknown fields are refused (never silently dropped): name every one of them.
+    names = list(dict.fromkeys(_param(e) for e in errors if e.get("type") == "extra_forbidden"))
+    if names:
+        return (f"unknown field{'s' if len(names) > 1 else ''} {', '.join(names)}: not supported by this "
+                f"server (see the README's list of request fields)"), names[0], "unknown_field"
     # For a union, pydantic reports one error per member; the deepest one names the real fault.
     err = max(errors, key=lambda e: len(e.get("loc", ())))
-    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-    # Pydantic adds the union member's tag to the location; it means nothing to a client.
-    loc = [x for x in loc if not _UNION_TAG.match(x)]
-    # ...and a tagged union's tag after the list index (content.0.video_url.video_url.url).
-    loc = [x for i, x in enumerate(loc) if not (i and loc[i - 1].isdigit() and x in _PART_TAGS)]
-    param = ".".join(loc) or None
+    param = _param(err)
     msg = err.get("msg", "invalid value")
     if err.get("type") == "missing":
         msg = "field required"
     elif err.get("type") == "extra_forbidden":
         msg = "unknown field"
     return (f"{param}: {msg}" if param else msg), param, "invalid_request"
+
+
+def _param(err: dict) -> str | None:
+    """The request path of one pydantic error, without pydantic's union-member tags."""
+    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+    # Pydantic adds the union member's tag to the location; it means nothing to a client.
+    loc = [x for x in loc if not _UNION_TAG.match(x)]
+    # ...and a tagged union's tag after the list index (content.0.video_url.video_url.url).
+    loc = [x for i, x in enumerate(loc) if not (i and loc[i - 1].isdigit() and x in _PART_TAGS)]
+    return ".".join(loc) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

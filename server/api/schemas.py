@@ -1,22 +1,32 @@
-"""Pydantic models of the HTTP API (the OpenAI chat-completions subset we serve).
+"""Pydantic models of the HTTP API (the OpenAI chat-completions fields we serve).
 
 Validation happens here, at the edge; `to_generate_request` turns a valid body into the
-engine's plain dataclasses. Unknown top-level OpenAI fields are ignored (clients send many);
-unknown keys inside our own `vreason` object are rejected.
+engine's plain dataclasses. Every field is honoured, refused (chat.check_request names it), or
+listed in IGNORED_FIELDS with the reason it cannot change the output; any other field is a 400
+naming it (extra="forbid").
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from vreason.server.controller.params import VReasonParams
-from vreason.server.engine.types import (GenerateRequest, ImagePart, Message, SamplingOptions, TextPart,
-                                         VideoOptions, VideoPart)
+from vreason.server.engine.types import (MAX_LOGPROBS, GenerateRequest, ImagePart, Message, SamplingOptions,
+                                         TextPart, VideoOptions, VideoPart)
 
 MAX_N = 8
 MAX_INT32 = 2 ** 31 - 1
+
+# Accepted and ignored: none of these can change the generated output.
+IGNORED_FIELDS = {
+    "user": "an end-user id for the provider's abuse monitoring",
+    "metadata": "tags for OpenAI's stored completions; this server stores nothing",
+    "store": "OpenAI's stored completions; this server stores nothing",
+    "service_tier": "an OpenAI billing tier; this server has one",
+    "parallel_tool_calls": "only matters with tools, which are refused",
+}
 
 
 class _Strict(BaseModel):
@@ -52,10 +62,24 @@ class ImageContent(_Strict):
 ContentPart = Annotated[TextContent | VideoContent | ImageContent, Field(discriminator="type")]
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
     content: str | list[ContentPart]
+    name: str | None = None  # ignored: Qwen2.5-VL's chat template does not read it
+
+
+class JsonSchemaFormat(_Strict):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format; json_object and json_schema go to vLLM's structured outputs."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(_Strict):
@@ -89,18 +113,37 @@ RESERVED_TEMPLATE_KEYS = {"messages", "conversation", "tokenize", "add_generatio
                           "tools", "documents", "return_dict"}
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatCompletionRequest(_Strict):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Sampling: None means unset, so the model's generation_config default applies (as in vLLM).
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: StrictInt | None = Field(default=None, ge=-1, le=MAX_INT32)  # 0 or -1: off (vLLM)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
     seed: int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
     stop: str | list[str] | None = None
+    stop_token_ids: list[Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]] | None = None
     n: int = Field(default=1, ge=1, le=MAX_N)
     ignore_eos: bool = False  # vLLM's extension, used by benchmarks: always generate max_tokens
+    logprobs: bool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    min_tokens: int = Field(default=0, ge=0, le=MAX_INT32)
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    bad_words: list[Annotated[str, Field(min_length=1)]] | None = None
+    allowed_token_ids: list[Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]] | None = None
+    response_format: ResponseFormat | None = None
+    # Refused in chat.check_request unless absent or "none" (no tool calling here).
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     mm_processor_kwargs: MMProcessorKwargs | None = None
@@ -108,6 +151,27 @@ class ChatCompletionRequest(BaseModel):
     chat_template_kwargs: dict[str, TemplateValue] | None = None
     # Validated by VReasonParams (clear 400s naming the option), not by pydantic.
     vreason: StrictBool | dict[str, Any] | None = None
+    # IGNORED_FIELDS (see there for why each cannot change the output).
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v):
+        bad = [k for k in (v or {}) if not k.lstrip("-").isdigit()]
+        if bad:
+            raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, v):
+        if v is not None and v.type == "json_schema" and v.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object")
+        return v
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -147,14 +211,29 @@ class ChatCompletionRequest(BaseModel):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         mm = self.mm_processor_kwargs or MMProcessorKwargs()
         io = (self.media_io_kwargs.video if self.media_io_kwargs else None) or VideoIOKwargs()
+        io_prefix = "media_io_kwargs.video"
         return GenerateRequest(
-            request_id=request_id, messages=tuple(msgs),
-            sampling=SamplingOptions(max_tokens=self.max_completion_tokens or self.max_tokens,
-                                     temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                                     stop=stop, n=self.n, ignore_eos=self.ignore_eos),
-            video=VideoOptions(fps=mm.fps or io.fps, num_frames=mm.num_frames or io.num_frames,
-                               max_pixels=mm.max_pixels),
+            request_id=request_id, messages=tuple(msgs), sampling=self.sampling_options(stop),
+            video=VideoOptions(
+                fps=mm.fps or io.fps, num_frames=mm.num_frames or io.num_frames, max_pixels=mm.max_pixels,
+                num_frames_param=("mm_processor_kwargs" if mm.num_frames else io_prefix) + ".num_frames",
+                fps_param=("mm_processor_kwargs" if mm.fps else io_prefix) + ".fps"),
             vreason=vreason, chat_template_kwargs=dict(self.chat_template_kwargs or {}))
+
+    def sampling_options(self, stop: tuple[str, ...]) -> SamplingOptions:
+        rf = self.response_format
+        return SamplingOptions(
+            max_tokens=self.max_completion_tokens or self.max_tokens, temperature=self.temperature,
+            top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
+            seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), n=self.n,
+            ignore_eos=self.ignore_eos, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs,
+            logit_bias=dict(self.logit_bias) if self.logit_bias is not None else None,
+            min_tokens=self.min_tokens, skip_special_tokens=self.skip_special_tokens,
+            spaces_between_special_tokens=self.spaces_between_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output, bad_words=tuple(self.bad_words or ()),
+            allowed_token_ids=tuple(self.allowed_token_ids) if self.allowed_token_ids is not None else None,
+            response_format=rf.model_dump(by_alias=True, exclude_none=True) if rf is not None else None)
 
 
 def _part(p: TextContent | VideoContent | ImageContent) -> TextPart | VideoPart | ImagePart:

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from vreason.server.controller.params import VReasonParams
 
+# Most top_logprobs per token: OpenAI's limit and vLLM's default max_logprobs. Stock vLLM on CPU
+# crashes its engine when asked for close to the vocabulary size, so more is refused at the edge.
+MAX_LOGPROBS = 20
+
 
 @dataclass(frozen=True)
 class TextPart:
@@ -37,22 +41,51 @@ class Message:
 
 @dataclass(frozen=True)
 class SamplingOptions:
+    """What the client asked for, named as in the OpenAI / vLLM chat API.
+
+    None means "not set": the model's generation_config default (or vLLM's neutral default)
+    applies, as with `vllm serve`. The engine hands the set values to vLLM's own request ->
+    SamplingParams conversion, so the meaning of every field is vLLM's.
+    """
+
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     n: int = 1
     ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    min_tokens: int = 0
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    bad_words: tuple[str, ...] = ()
+    allowed_token_ids: tuple[int, ...] | None = None
+    response_format: dict | None = None
+    """OpenAI's response_format as sent (text, json_object or json_schema)."""
 
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """Per-request overrides of the server's frame sampling (None: server default)."""
+    """Per-request overrides of the server's frame sampling (None: server default).
+
+    The *_param fields name the request field the value came from, for error messages.
+    """
 
     fps: float | None = None
     num_frames: int | None = None
     max_pixels: int | None = None
+    num_frames_param: str = "mm_processor_kwargs.num_frames"
+    fps_param: str = "mm_processor_kwargs.fps"
 
 
 @dataclass(frozen=True)
@@ -65,6 +98,20 @@ class GenerateRequest:
     chat_template_kwargs: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and (for the sampled token) its top alternatives.
+
+    Computed by vLLM from the logits its sampler received, i.e. after the V-Reason controller
+    replaced them for controlled requests.
+    """
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None
+    top: tuple["TokenLogprob", ...] = ()
+
+
 @dataclass
 class ChoiceDelta:
     """New output of one choice since the previous delta (cumulative counts)."""
@@ -74,12 +121,28 @@ class ChoiceDelta:
     num_tokens: int
     finish_reason: str | None = None
     trace_rows: list[dict] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    """Per new token when the request asked for logprobs, else None."""
+    stop_reason: int | str | None = None
+    """The stop string or token id that ended the choice (vLLM's stop_reason)."""
+
+
+@dataclass(frozen=True)
+class VideoUse:
+    """What one video of the request was sampled to: frames used, and whether the server's
+    frame cap cut down what the client asked for (`requested`, sent as `param`)."""
+
+    frames: int
+    requested: int | None = None
+    capped: bool = False
+    param: str | None = None
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    videos: list[VideoUse] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:

@@ -1,8 +1,10 @@
 """EngineClient backed by vLLM's AsyncLLM running in this process (its engine core in children).
 
 Renders the chat template, decodes videos (server/video, off the event loop) into
-`(frames, metadata)` pairs for vLLM, maps V-Reason options into `SamplingParams.extra_args`, and
-streams deltas. The V-Reason worker is named by dotted path; this module never imports it.
+`(frames, metadata)` pairs for vLLM, turns the request's sampling fields into `SamplingParams`
+with vLLM's own chat-request conversion (model generation_config defaults included, as in
+`vllm serve`), maps V-Reason options into `SamplingParams.extra_args`, and streams deltas with
+logprobs. The V-Reason worker is named by dotted path; this module never imports it.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 from vreason.server.video import FetchPolicy, SamplingSpec, VideoError, VideoLimits, load_video
-from vreason.server.video.frames import is_frame_list_url, load_frames, split_frame_list
+from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
 from .scheduler_stats import scheduler_stats_logger
 from .traces import TraceHub
-from .types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart, Message,
-                    TextPart, Usage, VideoPart)
+from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
+                    Message, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
 
 logger = logging.getLogger("vreason.engine")
 
@@ -46,10 +48,20 @@ class EngineConfig:
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     default_fps: float = 2.0
     enable_prefix_caching: bool = True
+    generation_config: str = "auto"
+    """vLLM's --generation-config: "auto" (the model's generation_config.json defaults), "vllm"
+    (vLLM's neutral defaults) or a directory holding a generation_config.json."""
+    max_logprobs: int = MAX_LOGPROBS
+    """Most top_logprobs a request may ask for (vLLM's max_logprobs)."""
+    cap_frames: bool = True
+    """A frame count above video_limits.max_frames is sampled at the cap (False: 400)."""
 
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
+
+
+_SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingOptions))
 
 
 def _engine_args(cfg: EngineConfig):
@@ -68,6 +80,7 @@ def _engine_args(cfg: EngineConfig):
         data_parallel_size=cfg.data_parallel_size,
         limit_mm_per_prompt={"video": cfg.limit_videos_per_prompt, "image": 0},
         enable_prefix_caching=cfg.enable_prefix_caching,
+        generation_config=cfg.generation_config, max_logprobs=cfg.max_logprobs,
         worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
     )
     if cfg.gpu_memory_utilization is not None:
@@ -86,6 +99,8 @@ class VllmEngine:
         self._llm = None
         self._processor = None
         self._scheduler: dict[int, dict] = {}
+        self._defaults: dict = {}  # the model's sampling defaults (vLLM's get_diff_sampling_param)
+        self._tokenizer = None
 
     async def start(self) -> None:
         from transformers import AutoProcessor
@@ -95,6 +110,10 @@ class VllmEngine:
         self._processor = AutoProcessor.from_pretrained(self.cfg.model)
         self._llm = AsyncLLM.from_engine_args(_engine_args(self.cfg),
                                               stat_loggers=[scheduler_stats_logger(self._scheduler)])
+        self._defaults = self._llm.model_config.get_diff_sampling_param()
+        self._tokenizer = self._processor.tokenizer
+        logger.info("default sampling parameters (--generation-config %s): %s", self.cfg.generation_config,
+                    self._defaults or "vLLM's neutral defaults")
 
     async def close(self) -> None:
         if self._llm is not None:
@@ -125,7 +144,7 @@ class VllmEngine:
         if self._llm is not None:
             await self._llm.abort(request_id)
 
-    async def _prompt(self, request: GenerateRequest) -> dict:
+    async def _prompt(self, request: GenerateRequest, usage: Usage) -> dict:
         chat, urls = _chat_for_template(request.messages)  # urls: a URL or a frame-URL list per video
         if len(urls) > self.cfg.limit_videos_per_prompt:
             raise EngineClientError(
@@ -135,43 +154,95 @@ class VllmEngine:
                                                    **request.chat_template_kwargs)
         prompt: dict = {"prompt": text}
         if urls:
-            v = request.video
-            limits = self.cfg.video_limits
-            if v.max_pixels is not None:
-                limits = replace(limits, max_pixels=v.max_pixels)
-            spec = SamplingSpec(fps=None if v.num_frames else (v.fps or self.cfg.default_fps),
-                                num_frames=v.num_frames)
-            local = self.cfg.allowed_local_media_path
-            try:
-                videos = await asyncio.gather(*(
-                    load_frames(u, fps=v.fps or self.cfg.default_fps, limits=limits, allowed_local_media_path=local)
-                    if isinstance(u, list) else
-                    load_video(u, spec=spec, limits=limits, allowed_local_media_path=local,
-                               fetch_policy=self.cfg.fetch_policy) for u in urls))
-            except VideoError as e:
-                raise EngineClientError(e.message, param=e.param, code=e.code, status=e.status) from e
+            videos = await self._load_videos(request, urls, usage)
             prompt["multi_modal_data"] = {"video": [(d.frames, d.metadata) for d in videos]}
         return prompt
 
+    async def _load_videos(self, request: GenerateRequest, urls: list, usage: Usage) -> list:
+        """Decode each video (a URL, or a list of frame URLs) within the server's caps.
+
+        A frame count above the cap (num_frames, or a longer frame list) is sampled at the cap,
+        evenly, and reported in `usage.videos` and the log; with cap_frames off it is a 400
+        naming the field the client sent.
+        """
+        v = request.video
+        limits = self.cfg.video_limits
+        if v.max_pixels is not None:
+            limits = replace(limits, max_pixels=v.max_pixels)
+        cap, local, fps = limits.max_frames, self.cfg.allowed_local_media_path, v.fps or self.cfg.default_fps
+        jobs, uses = [], []
+        for u in urls:
+            frame_list = isinstance(u, list)
+            asked = min(v.num_frames or len(u), len(u)) if frame_list else v.num_frames
+            param = v.num_frames_param if v.num_frames else "messages"
+            over = asked is not None and asked > cap
+            if over and not self.cfg.cap_frames:
+                what = f"num_frames={asked}" if v.num_frames else f"{asked} frames given"
+                raise EngineClientError(f"{what} exceeds this server's limit of {cap} frames per video",
+                                        param=param, code="invalid_video_sampling")
+            n = min(asked, cap) if asked is not None else None
+            uses.append((asked if over else v.num_frames, over, param if over else None))
+            if frame_list:
+                jobs.append(load_frames(pick_frames(u, n), fps=fps, limits=limits, allowed_local_media_path=local))
+            else:
+                spec = SamplingSpec(fps=None if n else fps, num_frames=n, num_frames_param=v.num_frames_param,
+                                    fps_param=v.fps_param)
+                jobs.append(load_video(u, spec=spec, limits=limits, allowed_local_media_path=local,
+                                       fetch_policy=self.cfg.fetch_policy))
+        try:
+            videos = await asyncio.gather(*jobs)
+        except VideoError as e:
+            raise EngineClientError(e.message, param=e.param, code=e.code, status=e.status) from e
+        for i, ((asked, over, param), d) in enumerate(zip(uses, videos)):
+            usage.videos.append(VideoUse(frames=int(d.frames.shape[0]), requested=asked, capped=over, param=param))
+            if over:
+                logger.info("request %s video %d: %d frames asked (%s), above the server's cap: sampled at "
+                            "most %d (%d used)", request.request_id, i, asked, param, cap, d.frames.shape[0])
+        return videos
+
+    def _max_tokens(self, requested: int | None) -> int | None:
+        """vLLM serve's rule (get_max_tokens) without the prompt length, which the engine applies
+        itself for None: the request's value, else the model's default; a generation_config
+        directory's max_new_tokens caps both."""
+        default = self._defaults.get("max_tokens")
+        cap = default if self.cfg.generation_config not in ("auto", "vllm") else None
+        values = [x for x in (requested if requested is not None else default, cap) if x is not None]
+        return min(values) if values else None
+
     def _sampling_params(self, request: GenerateRequest):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        """SamplingParams from vLLM's own ChatCompletionRequest.to_sampling_params, so each field
+        and each model default means exactly what it means on `vllm serve`."""
+        from pydantic import ValidationError
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VllmChatRequest
+        from vllm.exceptions import VLLMValidationError
 
         s = request.sampling
-        extra = None
+        sent = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
+                if v is not None and k != "max_tokens"}
+        try:
+            # stream=True: vLLM then emits DELTA outputs, which this engine always consumes.
+            vreq = VllmChatRequest.model_validate({"messages": [], "stream": True, **sent})
+            params = vreq.to_sampling_params(self._max_tokens(s.max_tokens), self._defaults)
+        except ValidationError as e:
+            err = e.errors()[0] if e.errors() else {}
+            param = ".".join(str(x) for x in err.get("loc", ())) or None
+            raise EngineClientError(f"{param}: {err.get('msg', e)}" if param else str(e), param=param) from e
+        except (VLLMValidationError, ValueError, TypeError) as e:  # all from the request's own fields
+            # vLLM's messages start with the field's name when it gives no parameter.
+            param = getattr(e, "parameter", None) or next((f for f in sent if str(e).startswith(f + " ")), None)
+            raise EngineClientError(str(e), param=param) from e
         if request.vreason is not None and request.vreason.enabled:
-            extra = {EXTRA_ARGS_KEY: request.vreason.to_dict(), REQUEST_TAG_KEY: request.request_id}
-        return SamplingParams(
-            n=s.n, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-            stop=list(s.stop) or None, ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA, extra_args=extra)
+            params.extra_args = {**(params.extra_args or {}), EXTRA_ARGS_KEY: request.vreason.to_dict(),
+                                 REQUEST_TAG_KEY: request.request_id}
+        return params
 
     async def generate(self, request: GenerateRequest, usage: Usage) -> AsyncIterator[ChoiceDelta]:
         from vllm.exceptions import VLLMClientError
 
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
-        prompt = await self._prompt(request)
-        params = self._sampling_params(request)
+        params = self._sampling_params(request)  # refuse bad sampling fields before decoding videos
+        prompt = await self._prompt(request, usage)
         traced = request.vreason is not None and request.vreason.enabled and request.vreason.trace
         trace = self.traces.register(request.request_id, request.sampling.n) if traced else None
         counts = [0] * request.sampling.n
@@ -186,7 +257,9 @@ class VllmEngine:
                     for c in out.outputs:
                         counts[c.index] += len(c.token_ids)
                         usage.completion_tokens = sum(counts)
-                        delta = ChoiceDelta(c.index, c.text, counts[c.index], c.finish_reason)
+                        delta = ChoiceDelta(c.index, c.text, counts[c.index], c.finish_reason,
+                                            stop_reason=c.stop_reason,
+                                            logprobs=self._logprobs(c, params.logprobs))
                         if trace is not None:
                             if c.finish_reason is not None:
                                 await trace.wait_for(c.index, counts[c.index], timeout=5.0)
@@ -195,7 +268,9 @@ class VllmEngine:
             except (ValueError, VLLMClientError) as e:  # vLLM's admission checks (prompt too long, ...)
                 if started:
                     raise
-                raise EngineClientError(str(e), param="messages") from e
+                # vLLM names a request field (logit_bias, stop_token_ids, ...) or its own notion
+                # ("input_tokens": the prompt, i.e. the messages).
+                raise EngineClientError(str(e), param=_fault_param(e, request)) from e
             except Exception as e:
                 if self._llm is None or self._llm.errored:  # EngineDeadError and friends
                     raise EngineUnavailable("the inference engine has stopped") from e
@@ -203,6 +278,45 @@ class VllmEngine:
         finally:
             if trace is not None:
                 self.traces.unregister(request.request_id)
+
+
+    def _logprobs(self, c, num_top: int | None) -> list[TokenLogprob] | None:
+        """vLLM serve's chat logprobs for the new tokens of one CompletionOutput.
+
+        vLLM's dict per position holds the sampled token first, then the top-k by rank; like
+        `vllm serve` we list the first `num_top` entries of it as top_logprobs.
+        """
+        if num_top is None or c.logprobs is None:
+            return None
+        out = []
+        for i, token_id in enumerate(c.token_ids):
+            step = c.logprobs[i]
+            if step is None or token_id not in step:
+                token = self._tokenizer.decode(token_id)
+                out.append(TokenLogprob(token, -9999.0, tuple(token.encode("utf-8", errors="replace"))))
+                continue
+            top = tuple(self._token_logprob(tid, lp) for k, (tid, lp) in enumerate(step.items()) if k < num_top)
+            out.append(replace(self._token_logprob(token_id, step[token_id], sampled=True), top=top))
+        return out
+
+    def _token_logprob(self, token_id: int, lp, sampled: bool = False) -> TokenLogprob:
+        token = lp.decoded_token if lp.decoded_token is not None else self._tokenizer.decode(token_id)
+        # vLLM gives no bytes for the sampled token when it has no decoded text; the same here.
+        raw = token if not sampled else lp.decoded_token
+        return TokenLogprob(token, max(lp.logprob, -9999.0),
+                            None if raw is None else tuple(raw.encode("utf-8", errors="replace")))
+
+
+def _fault_param(e: Exception, request: GenerateRequest) -> str:
+    """The request field a vLLM admission error is about. vLLM names a sampling field
+    (logit_bias, stop_token_ids, ...), or its own notion ("input_tokens": the prompt, i.e. the
+    messages); its structured-output grammar errors name nothing but come from response_format."""
+    name = getattr(e, "parameter", None)
+    if name in _SAMPLING_FIELDS:
+        return name
+    if request.sampling.response_format is not None and str(e).startswith("Grammar error"):
+        return "response_format"
+    return "messages"
 
 
 def _chat_for_template(messages: tuple[Message, ...]) -> tuple[list[dict], list[str | list[str]]]:

@@ -18,6 +18,7 @@ import numpy as np
 from .decode import DecodedVideo, _prepare
 from .errors import INVALID_DATA_URL, UNSUPPORTED_MEDIA_URL, VIDEO_DECODE_FAILED, VIDEO_TOO_LONG, VideoError
 from .options import VideoLimits
+from .sampling import spread
 from .source import _from_file_url
 
 _IMAGE_DATA = re.compile(r"data:image/[a-z0-9.+-]+;base64,", re.I)
@@ -50,6 +51,13 @@ def _image_bytes(url: str, limits: VideoLimits, allowed_local_media_path: str | 
         with open(source.path, "rb") as fh:
             return fh.read()
     raise VideoError("image URLs must be data: or file:// URLs on this server", code=UNSUPPORTED_MEDIA_URL)
+
+
+def pick_frames(urls: list[str], n: int | None) -> list[str]:
+    """``n`` of the frames, evenly spread (first and last kept); all of them for None or n >= len."""
+    if n is None or n >= len(urls):
+        return urls
+    return [urls[i] for i in spread(len(urls), n)]
 
 
 def decode_frames(urls: list[str], *, fps: float, limits: VideoLimits,

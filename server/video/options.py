@@ -54,25 +54,28 @@ class SamplingSpec:
     """How to pick frames: ``num_frames`` evenly spread, else ``fps`` frames per second.
 
     If ``num_frames`` is given it wins and ``fps`` is ignored; if neither is given, fps=2.0.
-    Invalid values raise ``VideoError`` (400) naming ``mm_processor_kwargs.<field>``.
+    Invalid values raise ``VideoError`` (400) naming the request field they came from
+    (``num_frames_param`` / ``fps_param``: mm_processor_kwargs or media_io_kwargs.video).
     """
 
     fps: float | None = None
     num_frames: int | None = None
+    num_frames_param: str = "mm_processor_kwargs.num_frames"
+    fps_param: str = "mm_processor_kwargs.fps"
 
     def __post_init__(self) -> None:
         if self.num_frames is not None:
             n = self.num_frames
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
                 raise VideoError(f"num_frames must be a positive integer, got {n!r}",
-                                 code=INVALID_SAMPLING, param="mm_processor_kwargs.num_frames")
+                                 code=INVALID_SAMPLING, param=self.num_frames_param)
             object.__setattr__(self, "num_frames", int(n))
         if self.fps is not None:
             f = self.fps
             if (isinstance(f, bool) or not isinstance(f, numbers.Real)
                     or not math.isfinite(float(f)) or float(f) <= 0):
                 raise VideoError(f"fps must be a positive finite number, got {f!r}",
-                                 code=INVALID_SAMPLING, param="mm_processor_kwargs.fps")
+                                 code=INVALID_SAMPLING, param=self.fps_param)
             object.__setattr__(self, "fps", float(f))
         elif self.num_frames is None:
             object.__setattr__(self, "fps", DEFAULT_FPS)
@@ -84,9 +87,10 @@ class SamplingSpec:
 
     def check(self, limits: VideoLimits) -> None:
         """Reject a ``num_frames`` above the server cap (an fps request is capped silently
-        by spreading ``max_frames`` over the video, as the fps only sets the density)."""
+        by spreading ``max_frames`` over the video, as the fps only sets the density). The
+        server caps such a count before it gets here unless its operator chose 400s."""
         if self.num_frames is not None and self.num_frames > limits.max_frames:
             raise VideoError(
                 f"num_frames={self.num_frames} exceeds this server's limit of "
                 f"{limits.max_frames} frames per video",
-                code=INVALID_SAMPLING, param="mm_processor_kwargs.num_frames")
+                code=INVALID_SAMPLING, param=self.num_frames_param)

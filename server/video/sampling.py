@@ -29,7 +29,7 @@ def _round_half_up(x: Fraction) -> int:
     return (2 * x.numerator + x.denominator) // (2 * x.denominator)
 
 
-def _spread(length: int, n: int) -> list[int]:
+def spread(length: int, n: int) -> list[int]:
     """``n`` positions in ``range(length)`` evenly spread, first and last included."""
     if n == 1:
         return [0]
@@ -74,7 +74,7 @@ def frame_indices_by_fps(total_frames: int, native_fps: float, fps: float, max_f
         hits = {min(_round_half_up(k * step), total_frames - 1) for k in range(int(count))}
         candidates = sorted(hits)
     if len(candidates) > cap:
-        candidates = [candidates[j] for j in _spread(len(candidates), cap)]
+        candidates = [candidates[j] for j in spread(len(candidates), cap)]
     return _to_multiple(candidates, frame_multiple)
 
 
@@ -91,4 +91,4 @@ def frame_indices_by_count(total_frames: int, num_frames: int, frame_multiple: i
     n = max(frame_multiple, n - n % frame_multiple)
     if n > total_frames:
         return _to_multiple(list(range(total_frames)), frame_multiple)
-    return _spread(total_frames, n)
+    return spread(total_frames, n)

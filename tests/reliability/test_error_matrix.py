@@ -107,7 +107,18 @@ ROWS = [
         param=("messages.0.content", "messages.0.content.0", "messages.0.content.0.type")),
     Row("content_part_text_missing", req(messages=[{"role": "user", "content": [{"type": "text"}]}]), 400,
         param=("messages.0.content", "messages.0.content.0", "messages.0.content.0.text")),
-    Row("unknown_top_level_field_ignored", req(foo=1), 200),
+    Row("unknown_top_level_field", req(foo=1), 400, "unknown_field", "foo", says="not supported"),
+    Row("ignored_fields_accepted", req(user="u", metadata={"k": "v"}, store=False), 200),
+    Row("tools_refused", req(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools_not_supported",
+        "tools", says="tool calling is not supported"),
+    Row("top_logprobs_near_vocab", req(logprobs=True, top_logprobs=2000), 400, param="top_logprobs"),
+    Row("json_schema_invalid_type", req(response_format={"type": "json_schema", "json_schema": {
+        "name": "a", "schema": {"type": "foo"}}}), 400, param="response_format"),
+    Row("json_schema_dangling_ref", req(response_format={"type": "json_schema", "json_schema": {
+        "name": "a", "schema": {"$ref": "#/nowhere"}}}), 400, param="response_format"),
+    Row("allowed_token_ids_empty", req(allowed_token_ids=[]), 400, param="allowed_token_ids"),
+    Row("logit_bias_out_of_vocab", req(logit_bias={"-1": 2}), 400, param="logit_bias"),
+    Row("stop_token_ids_out_of_vocab", req(stop_token_ids=[99999]), 400, param="stop_token_ids"),
     # -- sampling parameters and context (S1-S5, S7, S11) --
     Row("max_tokens_negative", req(max_tokens=-1), 400, param="max_tokens"),
     Row("max_tokens_zero", req(max_tokens=0), 400, param="max_tokens"),
@@ -179,8 +190,9 @@ ROWS = [
     Row("mm_fps_huge", video("good", mm_processor_kwargs={"fps": 1000}), 400, param="mm_processor_kwargs.fps"),
     Row("mm_num_frames_huge", video("good", mm_processor_kwargs={"num_frames": 10**6}), 400,
         param="mm_processor_kwargs.num_frames"),
-    Row("mm_num_frames_over_server_cap", video("good", mm_processor_kwargs={"num_frames": 64}), 400,
-        "invalid_video_sampling", "mm_processor_kwargs.num_frames"),
+    # Above the 32-frame cap: sampled at the cap and reported (`--video-frames-over-cap reject`
+    # makes it a 400 naming the field sent; tests/e2e/test_frame_cap.py).
+    Row("mm_num_frames_over_server_cap", video("good", mm_processor_kwargs={"num_frames": 64}), 200),
     Row("mm_max_pixels_huge", video("good", mm_processor_kwargs={"max_pixels": 10**12}), 400,
         param="mm_processor_kwargs.max_pixels"),
     Row("mm_unknown_key", video("good", mm_processor_kwargs={"video_backend": "decord"}), 400,
