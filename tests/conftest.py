@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def start_server(model: Path, media_dir: Path, log: Path, *extra: str, name: str
            "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", "8",
            "--allowed-local-media-path", str(media_dir), "--dtype", "float32", *extra]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env())
+        # own process group: a server that never became healthy is killed with its engine processes
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + SERVER_START_TIMEOUT
     while time.time() < deadline:
@@ -87,8 +89,16 @@ def start_server(model: Path, media_dir: Path, log: Path, *extra: str, name: str
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    proc.kill()
+    _kill_group(proc)
     pytest.fail(f"server not healthy in {SERVER_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
 
 
 def stop_server(server: Server) -> None:
@@ -96,7 +106,7 @@ def stop_server(server: Server) -> None:
     try:
         server.proc.wait(60)
     except subprocess.TimeoutExpired:
-        server.proc.kill()
+        _kill_group(server.proc)
 
 
 @pytest.fixture(scope="session")
