@@ -48,10 +48,8 @@ SETTINGS = [  # name, vreason object (None: off)
     ("default (lr=0.01, every 2, 1 step)", {}),
     ("lr=0.1", {"lr": 0.1}),
     ("lr=0.05, every 1, 2 steps", {"lr": 0.05, "update_every": 1, "steps": 2}),
-    ("lr=0.3, norm_restore=none", {"lr": 0.3, "norm_restore": "none"}),
     ("text targets, default", {"targets": "text"}),
     ("text targets, lr=0.1", {"targets": "text", "lr": 0.1}),
-    ("text targets, lr=0.05, every 1, 2 steps", {"targets": "text", "lr": 0.05, "update_every": 1, "steps": 2}),
 ]
 
 
