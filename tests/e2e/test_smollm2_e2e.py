@@ -45,11 +45,12 @@ def test_text_answer_is_english(smollm2_client, smollm2_server):
     assert "Paris" in text  # SmolLM2-135M-Instruct's greedy answer (HF transformers gives the same)
 
 
-def test_vreason_on_a_video_runs_and_returns_a_trace(smollm2_client, smollm2_server, media_dir):
+@pytest.mark.parametrize("targets", ["video", "text"])
+def test_vreason_on_a_video_runs_and_returns_a_trace(smollm2_client, smollm2_server, media_dir, targets):
     r = smollm2_client.chat.completions.create(
         model=smollm2_server.model, messages=video_messages(f"file://{media_dir / 'shapes.mp4'}",
                                                             "Describe this video in one sentence."),
-        max_tokens=16, temperature=0, extra_body={"vreason": {"trace": True}})
+        max_tokens=16, temperature=0, extra_body={"vreason": {"trace": True, "targets": targets}})
     tr = r.model_extra["vreason"]
     assert len(tr["steps"]) == r.usage.completion_tokens > 0
     assert tr["updates"] == r.usage.completion_tokens // 2 and tr["skipped_updates"] == 0  # update_every=2
