@@ -11,10 +11,9 @@ Embeddings stay tied. On text the grafted model computes SmolLM2's logits
 The vision tower is the demo model's small random one (server/demo_model.py): the model
 CANNOT SEE the video. To keep the random visual tokens from derailing the language model, the
 merger's last linear layer is rescaled so that every visual token is a fixed "neutral"
-embedding plus a small per-patch perturbation (VISUAL_NOISE of its norm): the LM reads a video
-as a run of near-identical filler tokens, still different per video so V-Reason has something to
-act on. The neutral vector is the embedding of NEUTRAL_TOKEN (see `_calm_merger` for the
-measurement behind the choice).
+embedding (NEUTRAL_TOKEN's) plus a small per-patch perturbation (VISUAL_NOISE of its norm): the
+LM reads a video as a run of near-identical filler tokens, still different per video so V-Reason
+has something to act on. This calms the visual tokens only partly (see `_calm_merger`).
 """
 
 from __future__ import annotations
@@ -131,10 +130,13 @@ def _calm_merger(model, neutral_id: int, seed: int) -> dict:
     VISUAL_NOISE (measured on random pixels): the merger's last linear layer gets the neutral
     embedding as bias and its weight is scaled down.
 
-    Why: RMSNorm makes the decoder blind to a vector's scale, so "small" alone does not help; a
-    random direction at hundreds of positions pushes SmolLM2 into gibberish, while a run of
-    near-copies of one ordinary token reads like whitespace padding and leaves its answers
-    intact (bench/real_weights.py measures the answers with and without a video).
+    Why: RMSNorm makes the decoder blind to a vector's scale, so merger outputs that are merely
+    small still act as arbitrary directions (in a screen with plain 1D positions, near-zero
+    visual tokens turned "The capital of France is Paris." into French-flavoured nonsense), while
+    near-copies of one ordinary token read like padding. It is only partly effective: with M-RoPE
+    positions SmolLM2 still copies the run of " "-like tokens into some answers (bench/RESULTS.md,
+    real-weights section: 19 of 20 answers change when the video is added, several turn into
+    runs of spaces; short factual answers survive). A better neutral vector is an open item.
     """
     import torch
 
