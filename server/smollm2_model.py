@@ -12,8 +12,8 @@ The vision tower is the demo model's small random one (server/demo_model.py): th
 CANNOT SEE the video. To keep the random visual tokens from derailing the language model, the
 merger's last linear layer is rescaled so that every visual token is a fixed "neutral"
 embedding (NEUTRAL_TOKEN's) plus a per-patch perturbation (VISUAL_NOISE times its norm): varied
-enough that SmolLM2 does not copy a repeated token, with no content it could use; different per video so V-Reason
-has something to act on (see `_calm_merger` for how the sizes were chosen).
+enough that SmolLM2 does not copy a repeated token, with no content it could use; different per
+video, so V-Reason has something to act on (see `_calm_merger` for how the sizes were chosen).
 """
 
 from __future__ import annotations
