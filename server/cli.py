@@ -30,13 +30,16 @@ def default_cache_dir() -> Path:
 
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
-    from vreason.server.controller.params import VReasonParams
+    from vreason.server.controller.params import TARGETS, VReasonParams
 
     def add(flag, default, help, **kw):
         name = flag.lstrip("-")
         p.add_argument(flag, default=_env(name, default), help=f"{help} [env VREASON_{name.upper().replace('-', '_')}]", **kw)
 
-    add("--model", None, "model path or name; default: the embedded random demo model (built once)")
+    add("--model", None, "model path or name; default: the embedded demo model named by --demo-model (built once)")
+    add("--demo-model", "smollm2", "embedded demo model served without --model: 'smollm2' (real small language "
+        "model SmolLM2-135M-Instruct, random vision encoder: cannot see the video) or 'random' (tiny, all random)",
+        choices=["smollm2", "random"])
     add("--served-model-name", None, "model name clients send; default: the model path, or 'vreason-demo'")
     add("--host", "127.0.0.1", "bind address")
     add("--port", 8000, "port", type=int)
@@ -84,7 +87,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--vreason-norm-restore", d.norm_restore, "default norm restore", choices=["token", "none"])
     add("--vreason-apply", d.apply, "default: sample the update step's token from updated logits (now) or not (next)",
         choices=["now", "next"])
-    add("--vreason-targets", d.targets, "default controlled positions", choices=["video", "image", "visual"])
+    add("--vreason-targets", d.targets, "default controlled positions", choices=list(TARGETS))
     add("--log-level", "info", "log level")
 
 
@@ -103,6 +106,9 @@ def serve(args) -> int:
     from vreason.server.api.app import create_app
     from vreason.server.controller.params import ParamError
     from vreason.server.demo_model import ensure_demo_model, is_demo_model
+    from vreason.server.smollm2_model import LIMITS as SMOLLM2_LIMITS
+    from vreason.server.smollm2_model import SERVED_NAME as SMOLLM2_NAME
+    from vreason.server.smollm2_model import ensure_smollm2_model, is_smollm2_model
     from vreason.server.engine.vllm_engine import EngineConfig, VllmEngine
     from vreason.server.video import FetchPolicy, VideoLimits
 
@@ -126,12 +132,17 @@ def serve(args) -> int:
         print(f"vreason serve: invalid option: {e}", file=sys.stderr)
         return 2
     model, name = args.model, args.served_model_name
-    if model is None:
+    if model is None and args.demo_model == "smollm2":
+        model = str(ensure_smollm2_model(default_cache_dir(), progress=lambda m: print(m, file=sys.stderr)))
+        name = name or SMOLLM2_NAME
+    elif model is None:
         model = str(ensure_demo_model(default_cache_dir()))
         name = name or "vreason-demo"
     if is_demo_model(model):
         logger.warning("Serving the embedded RANDOM demo model from %s: its answers are meaningless. "
                        "Pass --model to serve a real Qwen2.5-VL checkpoint.", model)
+    if is_smollm2_model(model):
+        logger.warning("Serving the embedded SmolLM2 demo model from %s: %s", model, SMOLLM2_LIMITS)
     cfg = EngineConfig(
         model=model, served_model_name=name, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         dtype=args.dtype, seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -151,10 +162,15 @@ def serve(args) -> int:
 
 
 def make_demo_model(args) -> int:
-    from vreason.server.demo_model import build_demo_model
+    from vreason.server.demo_model import build_demo_model, ensure_demo_model
+    from vreason.server.smollm2_model import LIMITS, ensure_smollm2_model
 
-    out = build_demo_model(args.dir, seed=args.seed)
-    print(f"wrote the tiny random Qwen2.5-VL demo model to {out}")
+    if args.language == "smollm2":
+        out = ensure_smollm2_model(args.dir or default_cache_dir(), seed=args.seed)
+        print(f"SmolLM2-135M-Instruct in Qwen2.5-VL: {out}\nLimits: {LIMITS}")
+    else:
+        out = build_demo_model(args.dir, seed=args.seed) if args.dir else ensure_demo_model(default_cache_dir(), args.seed)
+        print(f"wrote the tiny random Qwen2.5-VL demo model to {out}")
     return 0
 
 
@@ -180,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_serve_args(p)
     p.set_defaults(func=serve)
-    p = sub.add_parser("make-demo-model", help="write the tiny random Qwen2.5-VL checkpoint to DIR")
-    p.add_argument("dir")
+    p = sub.add_parser("make-demo-model", help="write an embedded demo Qwen2.5-VL checkpoint")
+    p.add_argument("dir", nargs="?", default=None,
+                   help="random: the checkpoint folder; smollm2: the cache folder it goes under "
+                        "(default: the cache, $VREASON_CACHE or ~/.cache/vreason, where `serve` finds it)")
+    p.add_argument("--language", choices=["random", "smollm2"], default="random",
+                   help="random: tiny random model (tests); smollm2: SmolLM2-135M-Instruct as the language "
+                        "model (the `serve` default), random vision encoder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=make_demo_model)
     _register_client_commands(sub)

@@ -143,6 +143,29 @@ def _script_weights(model, tok, script: str) -> None:
             model.lm_head.weight[nxt] = 4.0 * emb[prev] / emb[prev].norm()
 
 
+VISION_CONFIG = dict(
+    depth=2, hidden_size=64, intermediate_size=128, num_heads=2, in_channels=3,
+    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2,
+    window_size=112, fullatt_block_indexes=[1],
+)
+"""The small random vision tower (out_hidden_size is the language model's hidden size)."""
+
+
+def build_processor(tok, chat_template: str):
+    """The Qwen2.5-VL processor with the demo's small image/video sizes (112x112 video frames)."""
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    img_proc = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224},
+                                     patch_size=14, temporal_patch_size=2, merge_size=2)
+    vid_proc = Qwen2VLVideoProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+                                     patch_size=14, temporal_patch_size=2, merge_size=2,
+                                     min_frames=2, max_frames=64, fps=2.0, do_sample_frames=False)
+    return Qwen2_5_VLProcessor(image_processor=img_proc, tokenizer=tok,
+                               video_processor=vid_proc, chat_template=chat_template)
+
+
 def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = None) -> Path:
     """Write the tiny random Qwen2.5-VL checkpoint to `out_dir` and return its path.
 
@@ -150,9 +173,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
     real checkpoint with a known answer, for end-to-end tests of answer parsing.
     """
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,13 +181,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = len(tok)
 
-    img_proc = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224},
-                                     patch_size=14, temporal_patch_size=2, merge_size=2)
-    vid_proc = Qwen2VLVideoProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
-                                     patch_size=14, temporal_patch_size=2, merge_size=2,
-                                     min_frames=2, max_frames=64, fps=2.0, do_sample_frames=False)
-    processor = Qwen2_5_VLProcessor(image_processor=img_proc, tokenizer=tok,
-                                    video_processor=vid_proc, chat_template=CHAT_TEMPLATE)
+    processor = build_processor(tok, CHAT_TEMPLATE)
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -177,11 +192,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"], dtype="float32",
         ),
-        vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, in_channels=3,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2,
-            window_size=112, out_hidden_size=128, fullatt_block_indexes=[1],
-        ),
+        vision_config={**VISION_CONFIG, "out_hidden_size": 128},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,

@@ -35,6 +35,15 @@ def demo_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory) -> Path:
+    """The served default (SmolLM2 grafted into Qwen2.5-VL): slow to build, for its own tests only."""
+    from vreason.server.smollm2_model import ensure_smollm2_model
+
+    cache = os.environ.get("VREASON_CACHE")
+    return ensure_smollm2_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"), progress=lambda m: None)
+
+
+@pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     from vreason.clients.synth_video import write_moving_shapes_mp4
 

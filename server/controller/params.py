@@ -14,7 +14,7 @@ from typing import Any
 
 NORM_RESTORE = ("token", "none")
 APPLY = ("now", "next")
-TARGETS = ("video", "image", "visual")
+TARGETS = ("video", "image", "visual", "text")
 
 
 class ParamError(ValueError):
@@ -42,7 +42,8 @@ class VReasonParams:
     apply: str = "now"
     """"now": the token at an update step is sampled from the updated logits; "next": from the next."""
     targets: str = "video"
-    """Which positions are controlled: video tokens, image tokens, or both ("visual")."""
+    """Which positions are controlled: video tokens, image tokens, both ("visual"), or every prompt
+    token that is not visual ("text": an extension of the method, which controls visual tokens only)."""
     trace: bool = False
     """Return the per-token entropy/EMA/alpha trace in the response."""
     force_alpha: float | None = None

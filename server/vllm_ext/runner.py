@@ -143,9 +143,11 @@ class VReasonRunnerMixin:
         if s is None:
             params = self._params_of(req_id)
             cfg = self.model_config.hf_config
-            targets = {"video": {cfg.video_token_id}, "image": {cfg.image_token_id},
-                       "visual": {cfg.video_token_id, cfg.image_token_id}}[params.targets]
-            runs = token_runs(self.requests[req_id].prompt_token_ids, targets)
+            prompt = self.requests[req_id].prompt_token_ids
+            visual = {cfg.video_token_id, cfg.image_token_id}
+            targets = {"video": {cfg.video_token_id}, "image": {cfg.image_token_id}, "visual": visual,
+                       "text": set(prompt) - visual}[params.targets]
+            runs = token_runs(prompt, targets)
             positions = torch.cat([torch.arange(a, a + n) for a, n in runs]) if runs else torch.zeros(0, dtype=torch.long)
             v0 = gather_positions(value_cache, meta.block_table[row], positions.to(value_cache.device))
             s = ControllerState.create(req_id, params, runs, v0)
