@@ -60,7 +60,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--video-max-bytes", 64 * 1024 * 1024, "cap on an encoded video's size in bytes", type=int)
     add("--no-prefix-caching", False, "disable vLLM's prefix caching", action="store_true")
     add("--data-parallel-size", 1, "vLLM data-parallel engine replicas in this server", type=int)
-    add("--enforce-eager", True, "accepted for vllm-serve compatibility; V-Reason always runs vLLM eagerly",
+    add("--enforce-eager", False, "run vLLM eagerly (no torch.compile, no CUDA graphs); the default is "
+        "vLLM's compiled mode. Tests pass it where engine start time matters more than step speed",
         action="store_true")
     add("--api-key", None, "require 'Authorization: Bearer KEY' on every route but /health and /metrics")
     add("--allowed-origins", "", "comma-separated CORS origins (empty: no CORS)")
@@ -134,7 +135,7 @@ def serve(args) -> int:
         allowed_local_media_path=args.allowed_local_media_path, video_limits=video_limits,
         fetch_policy=fetch_policy,
         default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
-        data_parallel_size=args.data_parallel_size)
+        data_parallel_size=args.data_parallel_size, enforce_eager=args.enforce_eager)
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
     # lifespan shuts the engine down.

@@ -46,6 +46,7 @@ class EngineConfig:
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     default_fps: float = 2.0
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False
 
     @property
     def name(self) -> str:
@@ -63,8 +64,9 @@ def _engine_args(cfg: EngineConfig):
     kwargs = dict(
         model=cfg.model, served_model_name=[cfg.name], max_model_len=cfg.max_model_len,
         max_num_seqs=cfg.max_num_seqs, dtype=cfg.dtype, seed=cfg.seed,
-        # The runner reads the last layer's activations captured by module hooks: eager only.
-        enforce_eager=True, tensor_parallel_size=cfg.tensor_parallel_size,
+        # V-Reason observes layer L through its attention impl and vLLM's aux hidden-state
+        # outputs, which survive torch.compile and CUDA graphs: vLLM's default compiled mode.
+        enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
         data_parallel_size=cfg.data_parallel_size,
         limit_mm_per_prompt={"video": cfg.limit_videos_per_prompt, "image": 0},
         enable_prefix_caching=cfg.enable_prefix_caching,
