@@ -36,21 +36,17 @@ class TailWeights:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
-# CPU input gradients cast this many bytes of a weight to fp32 at a time (see mm32).
-GRAD_CHUNK_BYTES = 16 << 20
-
-
 def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
     """x @ w.T (transpose=True, a forward linear) or x @ w (an input gradient), fp32 result.
 
-    w is read once in its stored orientation and dtype; x is rounded to w's dtype.
+    w is read in its stored orientation and dtype (never copied); x is rounded to w's dtype.
     - fp32 w: a plain fp32 GEMM.
     - CUDA/ROCm: `torch.mm(out_dtype=fp32)`, fp32 accumulation and output, as vLLM's logits path.
-    - CPU, bf16/fp16 w: that overload does not exist there. The forward uses the oneDNN GEMM
-      (fp32 accumulation, output rounded to w's dtype, like vLLM's own CPU logits). For x @ w the
-      oneDNN and MKL paths are pathologically slow on CPUs without native bf16 (minutes for
-      lm_head), so w is cast to fp32 in row blocks of GRAD_CHUNK_BYTES that stay in cache, and
-      the products accumulate in fp32: never an fp32 copy of the whole weight.
+    - CPU, bf16/fp16 w: that overload does not exist there; products accumulate in fp32 and are
+      rounded to w's dtype on output (like vLLM's own CPU logits). The forward is the oneDNN
+      GEMM. For x @ w the GEMM paths are pathologically slow on CPUs without native bf16
+      (measured: minutes for lm_head on an AVX2 machine), while a matrix-vector product over
+      the transposed view runs at forward speed, so each row is one `mv`.
     """
     if w.dtype == torch.float32:
         return torch.mm(x.float(), w.t() if transpose else w)
@@ -58,12 +54,8 @@ def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
         return torch.mm(x.to(w.dtype), w.t() if transpose else w, out_dtype=torch.float32)
     if transpose:
         return F.linear(x.to(w.dtype), w).float()
-    x = x.float()
-    rows = max(1, GRAD_CHUNK_BYTES // (4 * w.shape[1]))
-    out = torch.zeros(x.shape[0], w.shape[1], dtype=torch.float32, device=x.device)
-    for i in range(0, w.shape[0], rows):
-        out.addmm_(x[:, i:i + rows], w[i:i + rows].float())
-    return out
+    wt, x = w.t(), x.to(w.dtype)
+    return torch.stack([torch.mv(wt, row) for row in x]).float()
 
 
 @dataclass
