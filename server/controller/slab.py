@@ -49,7 +49,8 @@ class ControllerSlab:
 
     def rows(self, slot: int, p: int) -> tuple[torch.Tensor, ...]:
         """(v0, delta, exp_avg, exp_avg_sq) of a slot as contiguous [P * Hkv, D] views."""
-        return tuple(t[slot, :p].view(-1, t.shape[-1]) for t in (self.v0, self.delta, self.exp_avg, self.exp_avg_sq))
+        ts = (self.v0, self.delta, self.exp_avg, self.exp_avg_sq)
+        return tuple(t[slot, :p].view(-1, t.shape[-1]) for t in ts)
 
     def nbytes(self) -> int:
         ts = (self.v0, self.delta, self.exp_avg, self.exp_avg_sq, self.vn)

@@ -131,7 +131,8 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
         s, h = rows[i], report.h_host[i]
         if s.switch.t % s.params.update_every != 0:
             raise RuntimeError(f"request {s.req_id}: update inputs at a step without an update")
-        s.update_failed = not (math.isfinite(h) and host[len(rows) + k] > 0 and s.params.nan_at_step != s.switch.t)
+        finite = math.isfinite(h) and host[len(rows) + k] > 0
+        s.update_failed = not finite or s.params.nan_at_step == s.switch.t
         if not s.update_failed:
             live.append(k)
     for step in range(max(rows[i].params.steps for i in upd.rows)):

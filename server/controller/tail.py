@@ -93,7 +93,8 @@ def tail_logits(o: torch.Tensor, residual: torch.Tensor, w: TailWeights) -> torc
     return head_logits(tail_acts(o, residual, w), w)
 
 
-def _rms_norm_backward(g_y: torch.Tensor, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _rms_norm_backward(g_y: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
     """y = x * r * weight with r = rsqrt(mean(x^2) + eps): dL/dx from dL/dy."""
     u = g_y * weight.float()
     return r * u - x * (r.pow(3) * (u * x).mean(-1, keepdim=True))

@@ -62,7 +62,8 @@ class LayerOverlay:
         plan, slab = self.plan, self.slab
         plan.called = True
         self.calls["overlay_applied"] += 1
-        key_cache, value_cache = split_kv(kv_cache, layer.attn_backend.get_name(), getattr(layer, "isa", None))
+        backend = layer.attn_backend.get_name()
+        key_cache, value_cache = split_kv(kv_cache, backend, getattr(layer, "isa", None))
         for state, row, positions in plan.loads:
             state.load(gather_positions(value_cache, meta.block_table[row], positions).float())
         if plan.rows.numel() == 0:
@@ -71,7 +72,8 @@ class LayerOverlay:
         q = query.view(query.shape[0], self.num_heads, self.head_dim)[last]
         values = slab.vn[plan.slots, :plan.p_max].permute(0, 2, 1, 3)  # [K, Hkv, P, D]
         o, a = controlled_attention(q, key_cache, value_cache, meta.block_table[plan.rows],
-                                    meta.seq_lens[plan.rows], plan.vid_start, plan.vid_len, values, self.scale)
+                                    meta.seq_lens[plan.rows], plan.vid_start, plan.vid_len, values,
+                                    self.scale)
         out = output.view(output.shape[0], self.num_heads, self.head_dim)
         if plan.check and plan.fresh.numel():
             plan.max_error = (o[plan.fresh].float() - out[last[plan.fresh]].float()).abs().max().item()
@@ -94,7 +96,8 @@ class OverlayImpl:
         setattr(self.__dict__["inner"], name, value)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output=None, **kwargs):
-        result = self.inner.forward(layer, query, key, value, kv_cache, attn_metadata, output=output, **kwargs)
+        result = self.inner.forward(layer, query, key, value, kv_cache, attn_metadata, output=output,
+                                    **kwargs)
         overlay = self.overlay
         overlay.calls["attention_impl"] += 1
         if overlay.plan is not None and attn_metadata is not None:

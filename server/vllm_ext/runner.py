@@ -174,7 +174,10 @@ class VReasonRunnerMixin:
         for j, (_, s) in enumerate(attend):
             for m, (a, n) in enumerate(s.runs):
                 start[j, m], length[j, m] = a, n
-        dev = lambda xs, dtype=torch.long: torch.tensor(xs, dtype=dtype).to(self.device, non_blocking=True)  # noqa: E731
+
+        def dev(xs):
+            return torch.tensor(xs, dtype=torch.long).to(self.device, non_blocking=True)
+
         return OverlayPlan(
             rows=dev([i for i, _ in attend]), slots=dev([s.slot for _, s in attend]),
             vid_start=start.to(self.device), vid_len=length.to(self.device),
