@@ -69,7 +69,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "holding a generation_config.json")
     add("--no-prefix-caching", False, "disable vLLM's prefix caching", action="store_true")
     add("--data-parallel-size", 1, "vLLM data-parallel engine replicas in this server", type=int)
-    add("--enforce-eager", True, "accepted for vllm-serve compatibility; V-Reason always runs vLLM eagerly",
+    add("--enforce-eager", False, "run vLLM eagerly (no torch.compile, no CUDA graphs); the default is "
+        "vLLM's compiled mode. Tests pass it where engine start time matters more than step speed",
         action="store_true")
     add("--api-key", None, "require 'Authorization: Bearer KEY' on every route but /health and /metrics")
     add("--allowed-origins", "", "comma-separated CORS origins (empty: no CORS)")
@@ -152,7 +153,7 @@ def serve(args) -> int:
         fetch_policy=fetch_policy,
         default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
         data_parallel_size=args.data_parallel_size, generation_config=args.generation_config,
-        cap_frames=args.video_frames_over_cap == "cap")
+        cap_frames=args.video_frames_over_cap == "cap", enforce_eager=args.enforce_eager)
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
     # lifespan shuts the engine down.

@@ -1,8 +1,9 @@
 """Vectorised torch path of controlled_attention (the CPU fast path; the spec is reference.py).
 
 All rows at once: gather every row's blocks through the block table into a padded
-[R, Hkv, Lmax, D] context, overlay the controlled values through a position -> dense-index map
-built from the runs, mask positions past each row's length, one softmax.
+[R, Hkv, Lmax, D] context, mask positions past each row's length, one softmax; the output is
+the cached values weighted at the other positions plus the controlled values weighted at the
+video positions (through a position -> dense-index map built from the runs).
 """
 
 from __future__ import annotations
@@ -36,16 +37,19 @@ def controlled_attention_batched(q, key_cache, value_cache, block_table, seq_len
     k, v = context(key_cache), context(value_cache)
     idx = _dense_index(vid_start, vid_len, L)  # [R, L]
     is_vid = idx >= 0
-    src = values.float().gather(2, idx.clamp(0, max(P - 1, 0))[:, None, :, None].expand(R, Hkv, L, D)) \
-        if P > 0 else torch.zeros_like(v)
-    v = torch.where(is_vid[:, None, :, None], src, v)
     s = torch.einsum("rhgd,rhld->rhgl", q.float().view(R, Hkv, G, D), k) * scale
     valid = torch.arange(L, device=q.device)[None, :] < seq_lens.long()[:, None]  # [R, L]
     s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
     p = torch.softmax(s, dim=-1)
-    out = torch.einsum("rhgl,rhld->rhgd", p, v).reshape(R, Hq, D).to(q.dtype)
     # weights at video positions, scattered to dense order (positions past P are dropped)
     weights = torch.zeros(R, Hq, P + 1, dtype=torch.float32, device=q.device)
     dest = torch.where(is_vid & valid, idx, P).clamp(max=P)  # non-video -> the spare column P
     weights.scatter_add_(2, dest[:, None, :].expand(R, Hq, L), p.reshape(R, Hq, L))
-    return out, weights[:, :, :P]
+    weights = weights[:, :, :P]
+    # cached values everywhere but the video positions, plus the controlled values there:
+    # no overlaid copy of the context is built
+    p_rest = p.masked_fill(is_vid[:, None, None, :], 0.0)
+    out = torch.einsum("rhgl,rhld->rhgd", p_rest, v)
+    if P > 0:
+        out = out + torch.einsum("rhgp,rhpd->rhgd", weights.view(R, Hkv, G, P), values.float())
+    return out.reshape(R, Hq, D).to(q.dtype), weights

@@ -2,13 +2,15 @@
 
 from .objective import SwitchState, entropy, switching_loss
 from .params import ParamError, VReasonParams
+from .slab import ControllerSlab
 from .state import ControllerState, state_bytes
-from .step import RowInputs, controller_step, needs_attention, pad_values
-from .tail import TailWeights, tail_logits
+from .step import StepReport, UpdateInputs, controller_step, group_apply, group_grad
+from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, tail_reference
 from .values import controlled_values
 
 __all__ = [
-    "ControllerState", "ParamError", "RowInputs", "SwitchState", "TailWeights", "VReasonParams",
-    "controlled_values", "controller_step", "entropy", "needs_attention", "pad_values",
-    "state_bytes", "switching_loss", "tail_logits",
+    "ControllerSlab", "ControllerState", "ParamError", "StepReport", "SwitchState", "TailWeights",
+    "UpdateInputs", "VReasonParams", "controlled_values", "controller_step", "entropy", "group_apply",
+    "group_grad", "state_bytes", "switching_loss", "tail_acts", "tail_input_grad", "tail_logits",
+    "tail_reference",
 ]

@@ -1,10 +1,11 @@
-"""One request's controller: the value offsets dV, Adam moments, the entropy switch and its trace.
+"""One request's controller: its slab slot, the entropy switch, Adam's step count and its trace.
 
 Owned by the model runner (vllm_ext) in the worker process, created when the request's prefill
-ends and dropped when it finishes or is aborted. Tensors live on the device of the KV cache, in
-fp32. Positions are absolute token positions of the request; `runs` lists the controlled
-(video) positions as (start, length) pairs in prompt order, and row i of v0/delta is the i-th
-controlled position in that order.
+ends and dropped when it finishes or is aborted. The tensors (V0, dV, Adam moments in fp32 and
+the current controlled values Vn in the cache dtype) live in the runner's ControllerSlab; this
+record holds host-side scalars only. Positions are absolute token positions of the request;
+`runs` lists the controlled (video) positions as (start, length) pairs in prompt order, and
+row i of the slot is the i-th controlled position in that order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from .objective import SwitchState
 from .params import VReasonParams
+from .slab import ControllerSlab
 
 
 @dataclass
@@ -22,27 +24,51 @@ class ControllerState:
     req_id: str
     params: VReasonParams
     runs: list[tuple[int, int]]
-    v0: torch.Tensor  # [Hkv, P, D] fp32: layer L's cached values at the controlled positions
-    delta: torch.Tensor  # [Hkv, P, D] fp32
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
+    slab: ControllerSlab
+    slot: int
+    num_positions: int
     switch: SwitchState
     adam_step: int = 0
     updates: int = 0
     skipped_updates: int = 0
     trace: list[dict] = field(default_factory=list)
     update_failed: bool = False
+    loaded: bool = False  # V0 copied into the slot (done inside the forward that ends the prefill)
 
     @classmethod
     def create(cls, req_id: str, params: VReasonParams, runs: list[tuple[int, int]],
-               v0: torch.Tensor) -> ControllerState:
-        v0 = v0.detach().float().clone()
-        zeros = lambda: torch.zeros_like(v0)  # noqa: E731
-        return cls(req_id, params, runs, v0, zeros(), zeros(), zeros(), SwitchState(params.beta))
+               slab: ControllerSlab) -> ControllerState | None:
+        """A new controller in a free slab slot, or None when no slot fits the request."""
+        p = sum(n for _, n in runs)
+        slot = slab.acquire(p)
+        if slot is None:
+            return None
+        return cls(req_id, params, runs, slab, slot, p, SwitchState(params.beta))
+
+    def load(self, v0: torch.Tensor) -> None:
+        """v0: [Hkv, P, D] layer L's cached values at the controlled positions."""
+        self.slab.load(self.slot, v0.transpose(0, 1))
+        self.loaded = True
+
+    def release(self) -> None:
+        self.slab.release(self.slot)
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.slot, :self.num_positions].transpose(0, 1)
 
     @property
-    def num_positions(self) -> int:
-        return self.v0.shape[1]
+    def v0(self) -> torch.Tensor:
+        """[Hkv, P, D] fp32 view into the slab."""
+        return self._view(self.slab.v0)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self._view(self.slab.delta)
+
+    @property
+    def vn(self) -> torch.Tensor:
+        """[Hkv, P, D] current controlled values in the cache dtype."""
+        return self._view(self.slab.vn)
 
     @property
     def has_offset(self) -> bool:
@@ -53,10 +79,11 @@ class ControllerState:
         return (self.switch.t + 1) % self.params.update_every == 0
 
     def nbytes(self) -> int:
-        """Bytes of controller state: V0, dV and the two Adam moments (4 * Hkv * P * D * 4)."""
-        return sum(t.numel() * t.element_size() for t in (self.v0, self.delta, self.exp_avg, self.exp_avg_sq))
+        """Bytes of slab this request uses: V0, dV, two Adam moments (fp32) and Vn (cache dtype)."""
+        h, d = self.slab.v0.shape[2:]
+        return state_bytes(h, self.num_positions, d, self.slab.vn.element_size())
 
 
-def state_bytes(num_kv_heads: int, num_positions: int, head_dim: int) -> int:
-    """The documented per-request formula: V0 + dV + two Adam moments, fp32."""
-    return 4 * num_kv_heads * num_positions * head_dim * 4
+def state_bytes(num_kv_heads: int, num_positions: int, head_dim: int, cache_itemsize: int = 4) -> int:
+    """The documented per-request formula: V0 + dV + two Adam moments in fp32, plus Vn."""
+    return (4 * 4 + cache_itemsize) * num_kv_heads * num_positions * head_dim

@@ -1,180 +1,166 @@
 """One generated step of V-Reason for a batch of controlled rows (DESIGN section 2).
 
-Inputs come from the runner after the model forward: the stock logits of each controlled row
-and, for rows that need it, the last layer's attention output `o` and weights `a` at the
-controlled positions, computed with the request's current controlled values Vn. Because the
-query and keys do not change during the inner steps, o = c + a . Vn with c constant, so the
-Adam steps need only dense ops plus the tail. Requests of different video lengths are padded
-to one [S, Hkv, Pmax, D] batch (padding has V0 = 0 and a = 0, so it gets no gradient): one
-tail forward and one backward per inner step serve every updating request.
+The logits handed in are already the controlled logits z_t(dV): layer L's attention read the
+controlled values inside the main forward. So the first inner step's forward is that forward;
+an update adds only the input-gradient backward through the tail (tail.py), the gradient to
+the controlled values by group sums over the query heads of each KV head, the fused Adam update
+in place in the request's slab slot, and with `apply: "now"` one tail forward.
+
+Because query and keys do not change during the inner steps, o = c + a . Vn with c constant:
+after an update the attention output is o + a . (Vn_new - Vn_old), no second attention pass.
+
+Host syncs: none at a step without updates (the trace is read after sampling, `finish`); one at
+a step with updates (entropies and finite flags together). The gradient is computed for
+alpha = 1 and scaled by alpha afterwards (the tail backward is linear in dL/dlogits), so the
+sync that gives H_t, hence alpha_t, comes after the backward. Each extra inner step (steps > 1)
+adds one more.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from vreason.kernels import controller_update, entropy_grad
 
 from .objective import entropy
 from .state import ControllerState
-from .tail import TailWeights, tail_logits
-from .values import controlled_values
+from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_logits
+
+
+@dataclass(frozen=True)
+class UpdateInputs:
+    """What the main forward returns for the rows that update at this step."""
+
+    rows: list[int]  # indices into the step's rows (and logits)
+    o: torch.Tensor  # [U, Hq*D] layer L's attention output with the current Vn
+    a: torch.Tensor  # [U, Hq, Pmax] fp32 attention weights at the controlled positions (0 past P)
+    residual: torch.Tensor  # [U, hidden] residual stream entering layer L
+
+
+def group_grad(a: torch.Tensor, grad_o: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """dL/dVn [U, Pmax, Hkv, D] = sum over the query heads g of each KV head of a_g * dL/do_g.
+
+    a: [U, Hq, Pmax], grad_o: [U, Hq*D]. One batched GEMM over (row, KV head); values are never
+    expanded to the query heads.
+    """
+    u, hq, p = a.shape
+    g = hq // num_kv_heads
+    a4 = a.view(u, num_kv_heads, g, p)
+    go = grad_o.view(u, num_kv_heads, g, -1)
+    return torch.einsum("uhgp,uhgd->uphd", a4, go)
+
+
+def group_apply(a: torch.Tensor, dvn: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """a: [Hq, P], dvn: [P, Hkv, D] -> the change of the attention output [Hq*D]."""
+    hq, p = a.shape
+    return torch.einsum("hgp,phd->hgd", a.view(num_kv_heads, hq // num_kv_heads, p), dvn).reshape(-1)
 
 
 @dataclass
-class RowInputs:
-    """The per-row tensors of one step. o/a are None when the row needs no attention pass."""
+class StepReport:
+    """Device values of one step that the trace needs; `finish` reads them after sampling."""
 
-    state: ControllerState
-    logits: torch.Tensor  # [V] stock logits of this row
-    residual: torch.Tensor  # [hidden] stream entering layer L
-    o: torch.Tensor | None = None  # [Hq, D] attention output with the current Vn
-    a: torch.Tensor | None = None  # [Hq, P] attention weights at the controlled positions
+    rows: list[ControllerState]
+    h: torch.Tensor  # [R] H_t
+    h_host: list[float] | None = None
+    after: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> entropy after apply now
 
-
-def needs_attention(state: ControllerState) -> bool:
-    """Whether the coming step needs the controlled attention pass for this request."""
-    return state.has_offset or state.updates_at_next_step()
-
-
-def _pad(t: torch.Tensor, p_max: int, dim: int) -> torch.Tensor:
-    pad = [0, 0] * (t.dim() - 1 - dim) + [0, p_max - t.shape[dim]]
-    return F.pad(t, pad)
-
-
-def _batched_vn(v0, delta, norm_rows):
-    """Controlled values of a padded batch; norm restore only for rows flagged in norm_rows."""
-    normed = controlled_values(v0, delta, "token")
-    return torch.where(norm_rows[:, None, None, None], normed, v0 + delta)
+    def finish(self) -> None:
+        """Advance the switches of rows not advanced yet and complete the trace rows (one read)."""
+        if self.h_host is None:
+            self.h_host = self.h.tolist()
+            for i, s in enumerate(self.rows):
+                _advance(s, self.h_host[i])
+        if self.after:
+            keys = list(self.after)
+            for i, h_after in zip(keys, torch.stack([self.after[i] for i in keys]).tolist()):
+                self.rows[i].trace[-1]["entropy_after"] = h_after
 
 
-def _attend(c, a, vn):
-    """c: [S, Hq, D], a: [S, Hq, P], vn: [S, Hkv, P, D] -> o: [S, Hq*D]."""
-    vn = vn.repeat_interleave(a.shape[1] // vn.shape[1], dim=1)
-    return (c + torch.einsum("sgp,sgpd->sgd", a, vn)).flatten(1)
+def _advance(s: ControllerState, h: float) -> float:
+    alpha = s.switch.advance(h)
+    if s.params.force_alpha is not None:
+        alpha = float(s.params.force_alpha)
+    s.trace.append({"entropy": h, "ema": s.switch.ema, "alpha": alpha, "updated": False})
+    return alpha
 
 
-class _Batch:
-    """The updating requests' state gathered into padded tensors, written back by `store`."""
-
-    def __init__(self, rows: list[RowInputs]):
-        self.rows = rows
-        self.states = [r.state for r in rows]
-        self.p_max = max(1, max(s.num_positions for s in self.states))
-        stack = lambda ts: torch.stack([_pad(t.float(), self.p_max, 1) for t in ts])  # noqa: E731
-        self.v0 = stack([s.v0 for s in self.states])
-        self.delta = stack([s.delta for s in self.states])
-        self.exp_avg = stack([s.exp_avg for s in self.states])
-        self.exp_avg_sq = stack([s.exp_avg_sq for s in self.states])
-        self.a = stack([r.a for r in rows])
-        self.residual = torch.stack([r.residual.float() for r in rows])
-        self.norm_rows = [s.params.norm_restore == "token" for s in self.states]
-        norm = torch.tensor(self.norm_rows, device=self.v0.device)
-        self.vn = _batched_vn(self.v0, self.delta, norm)
-        o = torch.stack([r.o.float() for r in rows])
-        self.c = o - _attend(torch.zeros_like(o), self.a, self.vn).view_as(o)
-
-    def store(self) -> None:
-        for i, s in enumerate(self.states):
-            p = s.num_positions
-            s.delta.copy_(self.delta[i, :, :p])
-            s.exp_avg.copy_(self.exp_avg[i, :, :p])
-            s.exp_avg_sq.copy_(self.exp_avg_sq[i, :, :p])
-
-    def attention_out(self, idx: list[int], vn: torch.Tensor) -> torch.Tensor:
-        """Attention output [len(idx), Hq*D] of requests `idx` with controlled values `vn`."""
-        return _attend(self.c[idx], self.a[idx], vn)
-
-    def adam(self, idx: list[int], grad_vn: torch.Tensor) -> None:
-        """One fused Adam step (norm-restore backward, Adam, norm restore) for requests `idx`."""
-        for norm in (True, False):
-            sub = [j for j, i in enumerate(idx) if self.norm_rows[i] == norm]
-            if not sub:
-                continue
-            rows = [idx[j] for j in sub]
-            d, m, v = self.delta[rows], self.exp_avg[rows], self.exp_avg_sq[rows]
-            per_request = d[0].numel() // d.shape[-1]  # (head, position) vectors of one request
-            step = torch.tensor([self.states[i].adam_step for i in rows], dtype=torch.int32)
-            lr = torch.tensor([self.states[i].params.lr for i in rows], dtype=torch.float32)
-            flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-            vn = controller_update(flat(d), flat(m), flat(v), flat(self.v0[rows]), flat(grad_vn[sub].contiguous()),
-                                   step.repeat_interleave(per_request).to(d.device),
-                                   lr.repeat_interleave(per_request).to(d.device), norm_restore=norm)
-            self.delta[rows], self.exp_avg[rows], self.exp_avg_sq[rows] = d, m, v
-            self.vn[rows] = vn.view_as(d)
+def _adam(s: ControllerState, grad_vn: torch.Tensor) -> torch.Tensor:
+    """One fused Adam step in the request's slot; returns Vn_new - Vn_old [P, Hkv, D] as read by
+    the attention (cache dtype), and stores the new Vn there."""
+    p, slab = s.num_positions, s.slab
+    v0, d, m, v = slab.rows(s.slot, p)
+    n = v0.shape[0]
+    s.adam_step += 1
+    step = torch.full((n,), s.adam_step, dtype=torch.int32, device=v0.device)
+    lr = torch.full((n,), s.params.lr, dtype=torch.float32, device=v0.device)
+    vn = controller_update(d, m, v, v0, grad_vn.reshape(n, -1), step, lr,
+                           norm_restore=s.params.norm_restore == "token")
+    old = slab.vn[s.slot, :p]
+    new = vn.view_as(old).to(old.dtype)
+    dvn = new.float() - old.float()
+    old.copy_(new)
+    return dvn
 
 
-def _optimise(b: _Batch, alphas: list[float], weights: TailWeights) -> None:
-    """Run each request's `steps` Adam steps; a non-finite loss or gradient stops its update.
+def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: UpdateInputs | None,
+                    weights: TailWeights) -> StepReport:
+    """Advance every row by one generated step; writes apply-now logits into `logits` in place.
 
-    One fused op gives the entropy and dL/dlogits; autograd only carries dL/dlogits back
-    through the tail to the controlled values; the fused update op does the rest.
+    logits: [R, V] the rows' controlled logits from the main forward. `upd` covers exactly the
+    rows whose step t is a multiple of update_every. A non-finite entropy or gradient (or the
+    test knob nan_at_step) skips that request's update; it is counted and marked in the trace.
     """
-    for k in range(max(s.params.steps for s in b.states)):
-        live = [i for i, s in enumerate(b.states) if s.params.steps > k and not s.update_failed]
-        if not live:
-            break
-        alpha = torch.tensor([alphas[i] for i in live], dtype=torch.float32, device=b.vn.device)
-        with torch.inference_mode(False), torch.enable_grad():
-            vn = b.vn[live].clone().requires_grad_(True)
-            z = tail_logits(b.attention_out(live, vn), b.residual[live], weights)
-            h, grad_z = entropy_grad(z.detach(), alpha)
-            (grad_vn,) = torch.autograd.grad(z, vn, grad_outputs=grad_z)
-        loss = alpha * (math.log(z.shape[-1]) - h)
-        ok_mask = torch.isfinite(loss) & torch.isfinite(grad_vn).flatten(1).all(1)
-        ok = []
-        for j, i in enumerate(live):
-            if bool(ok_mask[j]):
-                b.states[i].adam_step += 1
-                ok.append(j)
-            else:
-                b.states[i].update_failed = True
-        if ok:
-            b.adam([live[j] for j in ok], grad_vn[ok])
-
-
-def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor:
-    """Advance every row by one generated step; returns the logits to sample from, [R, V].
-
-    Appends one trace row per request: entropy H_t, EMA E_t, alpha_t and whether an update ran
-    (plus the entropy of the updated logits when they are used). A non-finite loss or gradient
-    skips that request's update (counted in skipped_updates).
-    """
-    out = torch.stack([r.logits for r in rows]).clone()
-    with torch.no_grad():
-        with_offset = [i for i, r in enumerate(rows) if r.state.has_offset]
-        if with_offset:
-            o = torch.stack([rows[i].o.reshape(-1) for i in with_offset])
-            res = torch.stack([rows[i].residual for i in with_offset])
-            out[with_offset] = tail_logits(o, res, weights).to(out.dtype)
-        h = entropy(out).tolist()
-    alphas, updating = [], []
-    for i, r in enumerate(rows):
-        s = r.state
-        alpha = s.switch.advance(h[i])
-        if s.params.force_alpha is not None:
-            alpha = float(s.params.force_alpha)
-        s.trace.append({"entropy": h[i], "ema": s.switch.ema, "alpha": alpha, "updated": False})
+    report = StepReport(rows, entropy(logits))
+    if upd is None or not upd.rows:
+        return report
+    hkv = rows[upd.rows[0]].slab.v0.shape[2]
+    ones = torch.ones(len(upd.rows), dtype=torch.float32, device=logits.device)
+    _, g1 = entropy_grad(logits[upd.rows], ones)
+    grad_vn = group_grad(upd.a, tail_input_grad(tail_acts(upd.o, upd.residual, weights), g1, weights), hkv)
+    finite = torch.isfinite(grad_vn).flatten(1).all(1)
+    host = torch.cat([report.h, finite.float()]).tolist()  # the step's one host sync
+    report.h_host = host[:len(rows)]
+    alphas = [_advance(s, h) for s, h in zip(rows, report.h_host)]
+    o = upd.o.float().clone()
+    live = []
+    for k, i in enumerate(upd.rows):
+        s, h = rows[i], report.h_host[i]
         if s.switch.t % s.params.update_every != 0:
-            continue
-        if r.o is None or r.a is None:
-            raise RuntimeError(f"request {s.req_id}: update step without an attention pass")
-        if not math.isfinite(h[i]) or s.params.nan_at_step == s.switch.t:
-            alpha = math.nan  # poisons this row's loss: its update is skipped, not applied
-        s.update_failed = False
-        alphas.append(alpha)
-        updating.append(i)
-    if not updating:
-        return out
-    batch = _Batch([rows[i] for i in updating])
-    _optimise(batch, alphas, weights)
-    batch.store()
+            raise RuntimeError(f"request {s.req_id}: update inputs at a step without an update")
+        finite = math.isfinite(h) and host[len(rows) + k] > 0
+        s.update_failed = not finite or s.params.nan_at_step == s.switch.t
+        if not s.update_failed:
+            live.append(k)
+    for step in range(max(rows[i].params.steps for i in upd.rows)):
+        if step > 0:  # later inner steps: forward with the new Vn, then backward
+            live = [k for k in live if rows[upd.rows[k]].params.steps > step]
+            if not live:
+                break
+            acts = tail_acts(o[live], upd.residual[live], weights)
+            alpha = torch.tensor([alphas[upd.rows[k]] for k in live], dtype=torch.float32, device=o.device)
+            _, g = entropy_grad(head_logits(acts, weights), alpha)
+            grad_vn = group_grad(upd.a[live], tail_input_grad(acts, g, weights), hkv)
+            ok = torch.isfinite(grad_vn).flatten(1).all(1).tolist()
+            for j, k in enumerate(list(live)):
+                if not ok[j]:
+                    rows[upd.rows[k]].update_failed = True
+            live_now = [(j, k) for j, k in enumerate(live) if ok[j]]
+            scale = [1.0] * len(live)
+        else:
+            live_now = [(k, k) for k in live]
+            scale = [alphas[upd.rows[k]] for k in range(len(upd.rows))]
+        for j, k in live_now:
+            s = rows[upd.rows[k]]
+            dvn = _adam(s, grad_vn[j, :s.num_positions] * scale[j])
+            o[k] += group_apply(upd.a[k, :, :s.num_positions], dvn, hkv)
+        live = [k for _, k in live_now]
     now = []
-    for k, (i, s) in enumerate(zip(updating, batch.states)):
+    for k, i in enumerate(upd.rows):
+        s = rows[i]
         if s.update_failed:
             s.skipped_updates += 1
             s.trace[-1]["skipped"] = True
@@ -184,17 +170,9 @@ def controller_step(rows: list[RowInputs], weights: TailWeights) -> torch.Tensor
         if s.params.apply == "now":
             now.append(k)
     if now:
-        with torch.no_grad():
-            z = tail_logits(batch.attention_out(now, batch.vn[now]), batch.residual[now], weights)
-        out[[updating[k] for k in now]] = z.to(out.dtype)
-        for k, h_after in zip(now, entropy(z).tolist()):
-            batch.states[k].trace[-1]["entropy_after"] = h_after
-    return out
-
-
-def pad_values(states: list[ControllerState]) -> torch.Tensor:
-    """The current Vn of each request, zero-padded to the longest: [R, Hkv, Pmax, D]."""
-    p_max = max(1, max(s.num_positions for s in states))
-    with torch.no_grad():
-        return torch.stack([_pad(controlled_values(s.v0, s.delta, s.params.norm_restore), p_max, 1)
-                            for s in states])
+        z = tail_logits(o[now], upd.residual[now], weights)
+        idx = [upd.rows[k] for k in now]
+        logits[idx] = z.to(logits.dtype)
+        for i, h_after in zip(idx, entropy(z)):
+            report.after[i] = h_after
+    return report

@@ -1,8 +1,14 @@
-"""The last decoder layer's tail in plain fp32 torch (differentiable; no vLLM ops).
+"""The last decoder layer's tail: a lean forward, its hand-written input-gradient backward, and
+the plain fp32 autograd reference that both are tested against.
 
 o (attention output, heads concatenated) -> o_proj -> + residual -> post-attention RMSNorm ->
-SwiGLU MLP -> + residual -> final RMSNorm -> lm_head -> logits. vLLM's fused norm and
-activation ops mutate in place or have no backward, so the tail is re-written here.
+SwiGLU MLP -> + residual -> final RMSNorm -> lm_head -> logits.
+
+The lean path reads every weight in its stored dtype and orientation (no fp32 copy of any
+weight, which at 7B in bf16 would be 3 GB per call) with fp32 accumulation and fp32 outputs
+(see mm32 for the CPU details). Activations stay fp32; they are rounded to the weight dtype
+only as GEMM inputs. Autograd is not used: its backward through bf16 weights is slow on CPU,
+and the input gradient needs only `grad @ W` per linear (W read once, stored orientation).
 """
 
 from __future__ import annotations
@@ -30,14 +36,92 @@ class TailWeights:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """x @ w.T (transpose=True, a forward linear) or x @ w (an input gradient), fp32 result.
+
+    w is read in its stored orientation and dtype (never copied); x is rounded to w's dtype.
+    - fp32 w: a plain fp32 GEMM.
+    - CUDA/ROCm: `torch.mm(out_dtype=fp32)`, fp32 accumulation and output, as vLLM's logits path.
+    - CPU, bf16/fp16 w: that overload does not exist there; products accumulate in fp32 and are
+      rounded to w's dtype on output (like vLLM's own CPU logits). The forward is the oneDNN
+      GEMM. For x @ w the GEMM paths are pathologically slow on CPUs without native bf16
+      (measured: minutes for lm_head on an AVX2 machine), while a matrix-vector product over
+      the transposed view runs at forward speed, so each row is one `mv`.
+    """
+    if w.dtype == torch.float32:
+        return torch.mm(x.float(), w.t() if transpose else w)
+    if w.is_cuda:
+        return torch.mm(x.to(w.dtype), w.t() if transpose else w, out_dtype=torch.float32)
+    if transpose:
+        return F.linear(x.to(w.dtype), w).float()
+    wt, x = w.t(), x.to(w.dtype)
+    return torch.stack([torch.mv(wt, row) for row in x]).float()
+
+
+@dataclass
+class TailActs:
+    """The fp32 activations of one tail forward that its backward needs."""
+
+    h_mid: torch.Tensor  # residual + o_proj(o)
+    r1: torch.Tensor  # rsqrt(mean(h_mid^2) + eps), [R, 1]
+    gate: torch.Tensor
+    up: torch.Tensor
+    h_out: torch.Tensor  # h_mid + down(silu(gate) * up)
+    r2: torch.Tensor  # rsqrt(mean(h_out^2) + eps), [R, 1]
+
+
+def _rsqrt_ms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def tail_acts(o: torch.Tensor, residual: torch.Tensor, w: TailWeights) -> TailActs:
+    """The tail up to (not including) the final norm and lm_head. o: [R, Hq*D], residual: [R, hidden]."""
+    h_mid = residual.float() + mm32(o, w.o_proj, True)
+    r1 = _rsqrt_ms(h_mid, w.eps)
+    gate, up = mm32(h_mid * r1 * w.post_norm.float(), w.gate_up, True).chunk(2, dim=-1)
+    h_out = h_mid + mm32(F.silu(gate) * up, w.down, True)
+    return TailActs(h_mid, r1, gate, up, h_out, _rsqrt_ms(h_out, w.eps))
+
+
+def head_logits(acts: TailActs, w: TailWeights) -> torch.Tensor:
+    """Final RMSNorm and lm_head: fp32 logits [R, vocab]."""
+    return mm32(acts.h_out * acts.r2 * w.final_norm.float(), w.lm_head, True)
 
 
 def tail_logits(o: torch.Tensor, residual: torch.Tensor, w: TailWeights) -> torch.Tensor:
-    """o: [R, Hq*D], residual (stream entering layer L): [R, hidden] -> logits [R, vocab] fp32."""
-    h_mid = residual.float() + F.linear(o.float(), w.o_proj.float())
-    x = rms_norm(h_mid, w.post_norm, w.eps)
-    gate, up = F.linear(x, w.gate_up.float()).chunk(2, dim=-1)
-    h_out = h_mid + F.linear(F.silu(gate) * up, w.down.float())
-    return F.linear(rms_norm(h_out, w.final_norm, w.eps), w.lm_head.float())
+    """Lean tail forward: o: [R, Hq*D], residual (stream entering layer L): [R, hidden] -> fp32 logits."""
+    return head_logits(tail_acts(o, residual, w), w)
+
+
+def _rms_norm_backward(g_y: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """y = x * r * weight with r = rsqrt(mean(x^2) + eps): dL/dx from dL/dy."""
+    u = g_y * weight.float()
+    return r * u - x * (r.pow(3) * (u * x).mean(-1, keepdim=True))
+
+
+def tail_input_grad(acts: TailActs, grad_logits: torch.Tensor, w: TailWeights) -> torch.Tensor:
+    """dL/do [R, Hq*D] fp32 from dL/dlogits [R, vocab], through the tail whose activations are `acts`."""
+    g = _rms_norm_backward(mm32(grad_logits, w.lm_head, False), acts.h_out, acts.r2, w.final_norm)
+    g_act = mm32(g, w.down, False)
+    s = torch.sigmoid(acts.gate)
+    silu = acts.gate * s
+    g_gate = g_act * acts.up * (s * (1.0 + acts.gate * (1.0 - s)))
+    g_x = mm32(torch.cat([g_gate, g_act * silu], dim=-1), w.gate_up, False)
+    g = g + _rms_norm_backward(g_x, acts.h_mid, acts.r1, w.post_norm)
+    return mm32(g, w.o_proj, False)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(x.dtype)
+
+
+def tail_reference(o: torch.Tensor, residual: torch.Tensor, w: TailWeights,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The spec: the tail in plain differentiable torch, every tensor cast to `dtype` (tests use
+    float64 as ground truth). Slow at 7B (it copies every weight); never on the serving path."""
+    c = lambda t: t.to(dtype)  # noqa: E731
+    h_mid = c(residual) + F.linear(c(o), c(w.o_proj))
+    gate, up = F.linear(rms_norm(h_mid, w.post_norm, w.eps), c(w.gate_up)).chunk(2, dim=-1)
+    h_out = h_mid + F.linear(F.silu(gate) * up, c(w.down))
+    return F.linear(rms_norm(h_out, w.final_norm, w.eps), c(w.lm_head))

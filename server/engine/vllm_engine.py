@@ -55,6 +55,7 @@ class EngineConfig:
     """Most top_logprobs a request may ask for (vLLM's max_logprobs)."""
     cap_frames: bool = True
     """A frame count above video_limits.max_frames is sampled at the cap (False: 400)."""
+    enforce_eager: bool = False
 
     @property
     def name(self) -> str:
@@ -75,8 +76,9 @@ def _engine_args(cfg: EngineConfig):
     kwargs = dict(
         model=cfg.model, served_model_name=[cfg.name], max_model_len=cfg.max_model_len,
         max_num_seqs=cfg.max_num_seqs, dtype=cfg.dtype, seed=cfg.seed,
-        # The runner reads the last layer's activations captured by module hooks: eager only.
-        enforce_eager=True, tensor_parallel_size=cfg.tensor_parallel_size,
+        # V-Reason observes layer L through its attention impl and vLLM's aux hidden-state
+        # outputs, which survive torch.compile and CUDA graphs: vLLM's default compiled mode.
+        enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
         data_parallel_size=cfg.data_parallel_size,
         limit_mm_per_prompt={"video": cfg.limit_videos_per_prompt, "image": 0},
         enable_prefix_caching=cfg.enable_prefix_caching,

@@ -1,4 +1,5 @@
-"""Qwen2.5-VL subclass that records the last layer's inputs for the V-Reason runner."""
+"""Qwen2.5-VL subclass for V-Reason: layer L's attention impl wrapped, the residual stream entering
+layer L requested through vLLM's auxiliary hidden-state outputs (the EAGLE3 mechanism)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGenera
 
 from vreason.server.controller import TailWeights
 
-from .capture import LastLayerCapture
+from .overlay import LayerOverlay, OverlayImpl
 
 
 class VReasonQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
-    """Same weights, same outputs; plus hooks on layer L and plain weights for its tail."""
+    """Same weights, same outputs while no plan is posted; plus plain weights for its tail."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -20,11 +21,13 @@ class VReasonQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         # On CPU vLLM repacks linear weights and frees the plain copies; the tail needs them.
         for linear in (attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
             linear._cpu_skip_gemm_dispatch = True
-        self.vreason_capture = LastLayerCapture(
-            layer_name=attn.attn.layer_name, num_heads=attn.num_heads,
-            num_kv_heads=attn.num_kv_heads, head_dim=attn.head_dim, scale=attn.scaling)
-        layer.register_forward_pre_hook(self.vreason_capture.on_layer_input, with_kwargs=True)
-        attn.attn.register_forward_hook(self.vreason_capture.on_attention, with_kwargs=True)
+        self.vreason_overlay = LayerOverlay(attn.attn.layer_name, attn.num_heads, attn.num_kv_heads,
+                                            attn.head_dim, attn.scaling)
+        attn.attn.impl = OverlayImpl(attn.attn.impl, self.vreason_overlay)
+
+    def get_eagle3_default_aux_hidden_state_layers(self) -> tuple[int, ...]:
+        """vLLM's aux output k is the residual stream entering layer k: we need layer L's."""
+        return (len(self.language_model.model.layers) - 1,)
 
     def vreason_tail_weights(self) -> TailWeights:
         layer = self.language_model.model.layers[-1]

@@ -7,8 +7,8 @@ TRANSPOSED ([D, block_size], so its kernel vectorises q.k over tokens) and the v
 [block_size, D]; this was found by matching the backend's own attention output (the reading
 with untransposed keys is off by whole units). FlashAttention/Triton store each token's key
 then its value in the last dimension. All splits are returned as strided
-[num_blocks, Hkv, block_size, D] views (no copy); the runner keeps checking its recomputed
-attention against the backend's output (`max_overlay_error` in its stats).
+[num_blocks, Hkv, block_size, D] views (no copy); with VREASON_CHECK_OVERLAY=1 the overlay's
+attention is checked against the backend's output (`max_overlay_error` in the stats).
 """
 
 from __future__ import annotations

@@ -1,33 +1,50 @@
-"""V-Reason in vLLM's V1 model runner: per-request controller slots and the batched inner loop.
+"""V-Reason in vLLM's V1 model runner: per-request controller slots, the overlay plan, the inner loop.
 
-Seams overridden (each counted in `vreason_calls`; tests/vllm_ext checks they keep firing):
+Seams overridden (each counted in `vreason_calls`; tests check they keep firing):
+- `load_model`: asks for vLLM's auxiliary hidden-state outputs (the EAGLE3 mechanism) before
+  the model loads, and allocates the controller slab once.
 - `_update_states`: after vLLM's bookkeeping, drop the controllers of finished/aborted requests.
-- `_model_forward`: the documented forward seam; only counted (the model's hooks capture).
-- `sample_tokens`: before sampling, replace the logits rows of controlled requests.
+- `_model_forward`: posts this step's overlay plan for layer L's wrapped attention impl
+  (overlay.py), so the main forward itself produces the controlled logits.
+- `sample_tokens`: before sampling, run the controller step (updates use the main forward's
+  logits, attention output and weights, and the aux residual); after it, read the trace.
 
-A request gets a controller when its prefill produces its first token (step t = 1) and loses
-it when vLLM reports it finished. The last layer's attention for controlled rows is recomputed
-from the paged cache with the controlled values at the video positions (read-time overlay):
-the paged cache itself is never written, so prefix-cached blocks stay shared safely.
+A request gets a controller when the forward that ends its prefill runs (step t = 1) and loses
+it when vLLM reports it finished. The paged cache is never written by V-Reason, so
+prefix-cached blocks stay shared safely.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import time
 from collections import Counter
 
 import torch
+from vllm.logger import init_logger
 
-from vreason.kernels.controlled_attention import controlled_attention
-from vreason.server.controller import (ControllerState, RowInputs, VReasonParams, controller_step,
-                                       needs_attention, pad_values, tail_logits)
+from vreason.server.controller import (ControllerSlab, ControllerState, UpdateInputs, VReasonParams,
+                                       controller_step, tail_logits)
 from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 
-from .paged_cache import gather_positions, split_kv, token_runs
+from .overlay import OverlayPlan
+from .paged_cache import token_runs
 from .trace_channel import TracePusher
 
-logger = logging.getLogger("vreason.vllm_ext")
+logger = init_logger("vllm.vreason")  # under vLLM's logger, so the worker's start-up log shows it
+
+CHECK_ENV = "VREASON_CHECK_OVERLAY"
+"""Set to 1 to compare the overlay and the tail with vLLM's own outputs while dV == 0 (tests)."""
+SLOTS_KEY, POSITIONS_KEY = "vreason_slots", "vreason_max_positions"
+"""Keys of vLLM's `additional_config` that size the slab (defaults: max_num_seqs x max_model_len)."""
+
+
+def compilation_summary(vllm_config) -> str:
+    """How vLLM runs the model: its compilation mode and CUDA-graph mode (eager = NONE/NONE)."""
+    cc = vllm_config.compilation_config
+    mode = getattr(cc.mode, "name", str(cc.mode))
+    graphs = getattr(cc.cudagraph_mode, "name", str(cc.cudagraph_mode))
+    return f"compilation mode {mode}, cudagraph mode {graphs}"
 
 
 class VReasonRunnerMixin:
@@ -41,36 +58,81 @@ class VReasonRunnerMixin:
         self._vr_params: dict[str, VReasonParams | None] = {}
         self._vr_pusher = TracePusher()
         self._vr_tail = None
+        self._vr_slab: ControllerSlab | None = None
+        self._vr_rows: list[tuple[int, ControllerState]] = []
+        self._vr_last_plan: OverlayPlan | None = None
+        self._vr_check = os.environ.get(CHECK_ENV) == "1"
         self.vreason_max_overlay_error = 0.0
         self.vreason_max_tail_error = 0.0
+
+    def load_model(self, *args, **kwargs):
+        self.vreason_calls["load_model"] += 1
+        self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks the layer)
+        out = super().load_model(*args, **kwargs)
+        model = self.get_model()
+        cfg = self.model_config.hf_config.get_text_config()
+        extra = self.vllm_config.additional_config or {}
+        slots = int(extra.get(SLOTS_KEY, self.scheduler_config.max_num_seqs))
+        positions = int(extra.get(POSITIONS_KEY, self.model_config.max_model_len))
+        overlay = model.vreason_overlay
+        head_dim = overlay.head_dim
+        self._vr_slab = ControllerSlab(slots, positions, overlay.num_kv_heads, head_dim,
+                                       self.kv_cache_dtype, self.device)
+        overlay.slab = self._vr_slab
+        logger.info("V-Reason slab: %d slots x %d positions, %.1f MiB (%d layers, hidden %d); vLLM %s",
+                    slots, positions, self._vr_slab.nbytes() / 2**20, cfg.num_hidden_layers, cfg.hidden_size,
+                    compilation_summary(self.vllm_config))
+        return out
 
     def _update_states(self, scheduler_output):
         self.vreason_calls["_update_states"] += 1
         for req_id in scheduler_output.finished_req_ids:
             self._vr_params.pop(req_id, None)
-            if self.vreason_states.pop(req_id, None) is not None:
+            s = self.vreason_states.pop(req_id, None)
+            if s is not None:
+                s.release()
                 self.vreason_totals["freed"] += 1
         return super()._update_states(scheduler_output)
 
     def _model_forward(self, *args, **kwargs):
         self.vreason_calls["_model_forward"] += 1
-        return super()._model_forward(*args, **kwargs)
+        overlay = self.get_model().vreason_overlay
+        overlay.plan = self._vr_plan()
+        try:
+            return super()._model_forward(*args, **kwargs)
+        finally:
+            plan, overlay.plan = overlay.plan, None
+            self._vr_last_plan = plan
+            if plan is not None and not plan.called:
+                raise RuntimeError("V-Reason: vLLM did not call layer L's attention impl during the forward")
 
     @torch.inference_mode()
     def sample_tokens(self, grammar_output):
         self.vreason_calls["sample_tokens"] += 1
-        if self.execute_model_state is not None:
-            self._vr_control()
-        return super().sample_tokens(grammar_output)
+        report = None
+        if self.execute_model_state is not None and self._vr_rows:
+            t0 = time.perf_counter()
+            report = self._vr_control()
+            self._vr_rows = []
+        out = super().sample_tokens(grammar_output)
+        if report is not None:
+            report.finish()  # reads the trace values once, after the sampler
+            self._vr_report(report.rows, time.perf_counter() - t0)
+        return out
 
     def vreason_stats(self) -> dict:
-        cap = self.get_model().vreason_capture
+        overlay = self.get_model().vreason_overlay
+        slab = self._vr_slab
         return {"active_slots": len(self.vreason_states),
                 "controller_bytes": sum(s.nbytes() for s in self.vreason_states.values()),
+                "slab_bytes": slab.nbytes() if slab is not None else 0,
+                "slab_slots": slab.slots if slab is not None else 0,
                 "totals": dict(self.vreason_totals),
                 "max_overlay_error": self.vreason_max_overlay_error,
                 "max_tail_error": self.vreason_max_tail_error,
-                "calls": {**self.vreason_calls, **cap.calls}}
+                "checks": self._vr_check,
+                "compilation": compilation_summary(self.vllm_config),
+                "calls": {**self.vreason_calls, **overlay.calls}}
 
     def _params_of(self, req_id: str) -> VReasonParams | None:
         if req_id not in self._vr_params:
@@ -80,80 +142,110 @@ class VReasonRunnerMixin:
             self._vr_params[req_id] = params if params is not None and params.enabled else None
         return self._vr_params[req_id]
 
-    def _vr_control(self) -> None:
-        state = self.execute_model_state
+    def _vr_plan(self) -> OverlayPlan | None:
+        """The controlled rows of this step (host bookkeeping only) and the plan for layer L."""
         num_reqs = self.input_batch.num_reqs
         req_ids = self.input_batch.req_ids[:num_reqs]
         discard = self.discard_request_mask.np[:num_reqs]
-        rows = [(i, r) for i, r in enumerate(req_ids) if not discard[i] and self._params_of(r) is not None]
-        if not rows:
-            return
-        if state.spec_decode_metadata is not None:
+        self._vr_rows = []
+        attend, loads = [], []
+        for i, r in enumerate(req_ids):
+            if discard[i] or self._params_of(r) is None:
+                continue
+            s = self.vreason_states.get(r)
+            if s is None:
+                s = self._vr_create(r)
+                if s is None:
+                    continue
+            if not s.loaded:
+                positions = [torch.arange(a, a + n) for a, n in s.runs]
+                positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+                loads.append((s, i, positions.to(self.device)))
+            self._vr_rows.append((i, s))
+            if s.has_offset or s.updates_at_next_step():
+                attend.append((i, s))
+        if not self._vr_rows:
+            return None
+        if self.speculative_config is not None:
             raise RuntimeError("V-Reason does not support speculative decoding")
-        t0 = time.perf_counter()
-        model = self.get_model()
-        cap = model.vreason_capture
-        if self._vr_tail is None:
-            self._vr_tail = model.vreason_tail_weights()
-        layer = self.compilation_config.static_forward_context[cap.layer_name]
-        key_cache, value_cache = split_kv(layer.kv_cache, layer.attn_backend.get_name(), getattr(layer, "isa", None))
-        meta = cap.metadata
-        last_token = (meta.query_start_loc[1:num_reqs + 1] - 1).long()
+        k, runs = len(attend), max([1] + [len(s.runs) for _, s in attend])
+        start = torch.zeros(k, runs, dtype=torch.int32)
+        length = torch.zeros(k, runs, dtype=torch.int32)
+        for j, (_, s) in enumerate(attend):
+            for m, (a, n) in enumerate(s.runs):
+                start[j, m], length[j, m] = a, n
 
-        # The controller's tensors must be ordinary (not inference-mode) tensors: autograd saves
-        # them, and Adam updates its state in place. Clones made here are ordinary.
-        with torch.inference_mode(False):
-            states = [self._state_for(i, r, value_cache, meta) for i, r in rows]
-            inputs = [RowInputs(state=s, logits=state.logits[i].clone(),
-                                residual=cap.residual[last_token[i]].clone())
-                      for (i, _), s in zip(rows, states)]
-            attend = [k for k, s in enumerate(states) if needs_attention(s)]
-            if attend:
-                idx = torch.tensor([rows[k][0] for k in attend], dtype=torch.long, device=last_token.device)
-                sub = [states[k] for k in attend]
-                q = cap.query[last_token[idx]].view(len(attend), cap.num_heads, cap.head_dim)
-                vid_start, vid_len = _run_tensors(sub)
-                o, a = controlled_attention(
-                    q, key_cache, value_cache, meta.block_table[idx], meta.seq_lens[idx],
-                    vid_start.to(q.device), vid_len.to(q.device), pad_values(sub).to(value_cache.dtype),
-                    cap.scale)
-                self._vr_check_overlay(o, sub, cap.attn_out[last_token[idx]], state.logits[idx],
-                                       cap.residual[last_token[idx]])
-                for j, k in enumerate(attend):
-                    inputs[k].o = o[j].float().clone()
-                    inputs[k].a = a[j, :, :states[k].num_positions].float().clone()
-            new_logits = controller_step(inputs, self._vr_tail)
-        state.logits[[i for i, _ in rows]] = new_logits.to(state.logits.dtype)
-        self._vr_report(states, time.perf_counter() - t0)
+        def dev(xs):
+            return torch.tensor(xs, dtype=torch.long).to(self.device, non_blocking=True)
 
-    def _vr_check_overlay(self, o, states, stock_attn, stock_logits, residual) -> None:
-        """While dV == 0, the recomputed attention must equal the backend's own output and the
-        plain-torch tail must reproduce vLLM's logits; the worst errors are kept in the stats."""
-        fresh = [j for j, s in enumerate(states) if not s.has_offset]
-        if fresh:
-            o = o[fresh].reshape(len(fresh), -1).float()
-            err = (o - stock_attn[fresh].float()).abs().max().item()
-            self.vreason_max_overlay_error = max(self.vreason_max_overlay_error, err)
-            z = tail_logits(stock_attn[fresh].float(), residual[fresh].float(), self._vr_tail)
-            err = (z - stock_logits[fresh].float()).abs().max().item()
-            self.vreason_max_tail_error = max(self.vreason_max_tail_error, err)
+        return OverlayPlan(
+            rows=dev([i for i, _ in attend]), slots=dev([s.slot for _, s in attend]),
+            vid_start=start.to(self.device), vid_len=length.to(self.device),
+            p_max=max([1] + [s.num_positions for _, s in attend]),
+            overlay=dev([j for j, (_, s) in enumerate(attend) if s.has_offset]),
+            fresh=dev([j for j, (_, s) in enumerate(attend) if not s.has_offset]),
+            loads=loads, check=self._vr_check, attend_states=[s for _, s in attend])
 
-    def _state_for(self, row: int, req_id: str, value_cache, meta) -> ControllerState:
-        s = self.vreason_states.get(req_id)
+    def _vr_create(self, req_id: str) -> ControllerState | None:
+        params = self._params_of(req_id)
+        cfg = self.model_config.hf_config
+        prompt = self.requests[req_id].prompt_token_ids
+        visual = {cfg.video_token_id, cfg.image_token_id}
+        # "text" (every prompt token that is not a visual pad) extends the method (docs/design.md)
+        targets = {"video": {cfg.video_token_id}, "image": {cfg.image_token_id}, "visual": visual,
+                   "text": set(prompt) - visual}[params.targets]
+        runs = token_runs(prompt, targets)
+        s = ControllerState.create(req_id, params, runs, self._vr_slab)
         if s is None:
-            params = self._params_of(req_id)
-            cfg = self.model_config.hf_config
-            prompt = self.requests[req_id].prompt_token_ids
-            visual = {cfg.video_token_id, cfg.image_token_id}
-            targets = {"video": {cfg.video_token_id}, "image": {cfg.image_token_id}, "visual": visual,
-                       "text": set(prompt) - visual}[params.targets]
-            runs = token_runs(prompt, targets)
-            positions = torch.cat([torch.arange(a, a + n) for a, n in runs]) if runs else torch.zeros(0, dtype=torch.long)
-            v0 = gather_positions(value_cache, meta.block_table[row], positions.to(value_cache.device))
-            s = ControllerState.create(req_id, params, runs, v0)
-            self.vreason_states[req_id] = s
-            self.vreason_totals["created"] += 1
+            # Fail-closed admission (429 before scheduling) is the front end's job; here the
+            # request runs uncontrolled and the refusal is counted and logged, never silent.
+            self.vreason_totals["refused_no_slot"] += 1
+            logger.warning("V-Reason: no controller slot for request %s (%d positions); it runs uncontrolled",
+                           req_id, sum(n for _, n in runs))
+            self._vr_params[req_id] = None
+            return None
+        self.vreason_states[req_id] = s
+        self.vreason_totals["created"] += 1
         return s
+
+    def _vr_control(self):
+        """The controller step of every controlled row; updates read what the forward left."""
+        state = self.execute_model_state
+        plan = self._vr_last_plan
+        if self._vr_tail is None:
+            self._vr_tail = self.get_model().vreason_tail_weights()
+        rows = [s for _, s in self._vr_rows]
+        batch_rows = [i for i, _ in self._vr_rows]
+        logits = state.logits[batch_rows].float()
+        upd = None
+        updating = [k for k, s in enumerate(rows) if s.updates_at_next_step()]
+        if updating:
+            if state.aux_hidden_states is None:
+                raise RuntimeError("V-Reason: vLLM returned no auxiliary hidden states")
+            self.vreason_calls["aux_hidden_states"] += 1
+            where = {id(s): j for j, s in enumerate(plan.attend_states)}
+            j = torch.tensor([where[id(rows[k])] for k in updating]).to(plan.o.device, non_blocking=True)
+            residual = state.aux_hidden_states[0][plan.last[j]].float()
+            upd = UpdateInputs(updating, plan.o[j], plan.a[j], residual)
+            if self._vr_check:
+                self._vr_check_tail(rows, updating, upd, logits)
+        if plan.checked:
+            self.vreason_max_overlay_error = max(self.vreason_max_overlay_error, plan.max_error)
+            self.vreason_totals["overlay_checks"] += plan.checked
+        report = controller_step(rows, logits, upd, self._vr_tail)
+        if report.after:
+            changed = list(report.after)
+            state.logits[[batch_rows[k] for k in changed]] = logits[changed].to(state.logits.dtype)
+        return report
+
+    def _vr_check_tail(self, rows, updating, upd, logits) -> None:
+        """While dV == 0 the lean tail must reproduce vLLM's logits (debug/test flag only)."""
+        fresh = [m for m, k in enumerate(updating) if not rows[k].has_offset]
+        if fresh:
+            z = tail_logits(upd.o[fresh], upd.residual[fresh], self._vr_tail)
+            err = (z - logits[[updating[m] for m in fresh]]).abs().max().item()
+            self.vreason_max_tail_error = max(self.vreason_max_tail_error, err)
+            self.vreason_totals["tail_checks"] += len(fresh)
 
     def _vr_report(self, states: list[ControllerState], seconds: float) -> None:
         rows = []
@@ -169,13 +261,3 @@ class VReasonRunnerMixin:
         stats = {"step_seconds": seconds, "rows": len(states), **self.vreason_stats()}
         del stats["calls"]
         self._vr_pusher.send(rows, stats)
-
-
-def _run_tensors(states: list[ControllerState]) -> tuple[torch.Tensor, torch.Tensor]:
-    max_runs = max(1, max(len(s.runs) for s in states))
-    start = torch.zeros(len(states), max_runs, dtype=torch.int32)
-    length = torch.zeros(len(states), max_runs, dtype=torch.int32)
-    for i, s in enumerate(states):
-        for k, (a, n) in enumerate(s.runs):
-            start[i, k], length[i, k] = a, n
-    return start, length

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from vllm.config import CUDAGraphMode
+from vllm.logger import init_logger
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
 from .runner import VReasonRunnerMixin
+
+logger = init_logger("vllm.vreason")
 
 
 class VReasonGPUModelRunner(VReasonRunnerMixin, GPUModelRunner):
@@ -16,6 +20,14 @@ class VReasonGPUWorker(Worker):
     def _make_model_runner(self):
         if self.use_v2_model_runner:
             raise RuntimeError("V-Reason supports vLLM's V1 model runner only (set VLLM_USE_V2_MODEL_RUNNER=0)")
+        cc = self.vllm_config.compilation_config
+        if cc.cudagraph_mode.has_full_cudagraphs():
+            # A FULL graph replays layer L's attention without running Python, so the overlay
+            # (overlay.py) would not run; PIECEWISE keeps attention outside the captured pieces.
+            # (The runner also raises if a posted plan was not consumed by the forward.)
+            logger.warning("V-Reason: cudagraph mode %s -> PIECEWISE (the overlay runs in the attention op)",
+                           cc.cudagraph_mode.name)
+            cc.cudagraph_mode = CUDAGraphMode.PIECEWISE
         return VReasonGPUModelRunner(self.vllm_config, self.device)
 
     def vreason_stats(self) -> dict:

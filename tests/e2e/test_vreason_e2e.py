@@ -137,10 +137,9 @@ def test_slots_freed_on_finish_and_on_disconnect(client, server, url):
 def test_overridden_seams_are_called(client, server, url):
     ask(client, server, url, vreason={"update_every": 1}, max_tokens=3)
     stats = server.stats()
-    for seam in ("_update_states", "_model_forward", "sample_tokens", "layer_pre_hook", "attention_hook"):
+    for seam in ("load_model", "_update_states", "_model_forward", "sample_tokens", "attention_impl",
+                 "overlay_applied", "aux_hidden_states"):
         assert stats["calls"].get(seam, 0) > 0, f"vLLM no longer calls {seam}"
-    # The recomputed last-layer attention (paged read with the backend's own K/V split)
-    # matches the backend's output while dV == 0.
-    assert stats["max_overlay_error"] < 1e-4
-    # ... and the plain-torch tail reproduces vLLM's own logits.
-    assert stats["max_tail_error"] < 1e-3
+    # The overlay-vs-stock and tail-vs-vLLM checks run only behind a flag, off the hot path:
+    # tests/e2e/test_compile_mode.py turns them on.
+    assert stats["checks"] is False

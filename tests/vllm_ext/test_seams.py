@@ -16,8 +16,10 @@ vllm = pytest.importorskip("vllm")
 def test_runner_seams_exist():
     from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 
-    for name in ("_update_states", "_model_forward", "sample_tokens", "get_model"):
+    for name in ("load_model", "_update_states", "_model_forward", "sample_tokens", "get_model",
+                 "_setup_eagle3_aux_hidden_state_outputs"):
         assert callable(getattr(GPUModelRunner, name)), name
+    assert "aux_hidden_states" in ExecuteModelState._fields
     assert "logits" in ExecuteModelState._fields and "spec_decode_metadata" in ExecuteModelState._fields
     assert list(inspect.signature(GPUModelRunner.sample_tokens).parameters)[1] == "grammar_output"
 
@@ -34,11 +36,57 @@ def test_our_classes_override_them():
     from vreason.server.vllm_ext import worker, worker_gpu
     from vreason.server.vllm_ext.runner import VReasonRunnerMixin
 
-    for name in ("_update_states", "_model_forward", "sample_tokens"):
+    for name in ("load_model", "_update_states", "_model_forward", "sample_tokens"):
         assert name in vars(VReasonRunnerMixin)
     assert "init_device" in vars(worker.VReasonCPUWorker)
     assert "_make_model_runner" in vars(worker_gpu.VReasonGPUWorker)
     assert issubclass(worker.VReasonCPUModelRunner, VReasonRunnerMixin)
+
+
+def test_attention_and_aux_seams_exist():
+    """Layer L is observed through its attention impl's forward (called by vLLM's attention op)
+    and the EAGLE3 aux hidden-state outputs; no module hooks."""
+    from vllm.model_executor.layers.attention import attention
+    from vllm.model_executor.models.interfaces import SupportsEagle3, supports_eagle3
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    src = inspect.getsource(attention.unified_attention_with_output)
+    assert "self.impl.forward(" in src
+    assert SupportsEagle3 in Qwen2_5_VLForConditionalGeneration.__mro__
+    assert supports_eagle3(Qwen2_5_VLForConditionalGeneration)
+    for name in ("set_aux_hidden_state_layers", "get_eagle3_default_aux_hidden_state_layers"):
+        assert callable(getattr(SupportsEagle3, name)), name
+    from vreason.server.vllm_ext.model import VReasonQwen2_5_VL
+
+    assert "get_eagle3_default_aux_hidden_state_layers" in vars(VReasonQwen2_5_VL)
+
+
+def test_overlay_impl_delegates_and_counts():
+    """The wrapper runs the stock impl, then the overlay only when a plan is posted."""
+    import torch
+
+    from vreason.server.vllm_ext.overlay import LayerOverlay, OverlayImpl
+
+    class Stock:
+        head_size = 4
+
+        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output=None, **kw):
+            output.fill_(1.0)
+            return output
+
+    overlay = LayerOverlay("layer", 2, 1, 4, 0.5)
+    impl = OverlayImpl(Stock(), overlay)
+    out = torch.zeros(3, 8)
+    impl.forward(None, torch.zeros(3, 2, 4), None, None, None, object(), output=out)
+    assert impl.head_size == 4 and torch.equal(out, torch.ones(3, 8))
+    assert overlay.calls == {"attention_impl": 1, "overlay_applied": 0}
+
+
+def test_no_module_hooks_on_the_model():
+    from vreason.server.vllm_ext import model
+
+    assert "register_forward_pre_hook" not in inspect.getsource(model)
+    assert "register_forward_hook" not in inspect.getsource(model)
 
 
 def test_plugin_registers_the_model():

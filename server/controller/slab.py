@@ -1,0 +1,60 @@
+"""Controller memory preallocated once: one slot per controlled request, up to P_max positions.
+
+Layout [slot, position, KV head, D], so the first P positions of a slot are one contiguous
+[P * Hkv, D] block: the fused update works in place on it (no stacking, no padding copies).
+V0, dV and the two Adam moments are fp32; `vn` caches the current controlled values in the KV
+cache's dtype, which is what layer L's attention reads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ControllerSlab:
+    """Fixed tensors sized at start-up; slots are handed out and returned, never reallocated."""
+
+    def __init__(self, slots: int, max_positions: int, num_kv_heads: int, head_dim: int,
+                 cache_dtype: torch.dtype, device: torch.device | str):
+        shape = (slots, max_positions, num_kv_heads, head_dim)
+        zeros = lambda dtype: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+        self.v0, self.delta, self.exp_avg, self.exp_avg_sq = (zeros(torch.float32) for _ in range(4))
+        self.vn = zeros(cache_dtype)
+        self.max_positions = max_positions
+        self._free = list(range(slots - 1, -1, -1))
+
+    @property
+    def slots(self) -> int:
+        return self.v0.shape[0]
+
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def acquire(self, num_positions: int) -> int | None:
+        """Take a slot for a request with `num_positions` controlled positions; None if none fits."""
+        if not self._free or num_positions > self.max_positions:
+            return None
+        return self._free.pop()
+
+    def load(self, slot: int, v0: torch.Tensor) -> None:
+        """Start a slot from the request's cached values v0 [P, Hkv, D] (dV and moments zero)."""
+        p = v0.shape[0]
+        self.v0[slot, :p] = v0
+        self.vn[slot, :p] = v0
+        for t in (self.delta, self.exp_avg, self.exp_avg_sq):
+            t[slot, :p].zero_()
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def rows(self, slot: int, p: int) -> tuple[torch.Tensor, ...]:
+        """(v0, delta, exp_avg, exp_avg_sq) of a slot as contiguous [P * Hkv, D] views."""
+        ts = (self.v0, self.delta, self.exp_avg, self.exp_avg_sq)
+        return tuple(t[slot, :p].view(-1, t.shape[-1]) for t in ts)
+
+    def nbytes(self) -> int:
+        ts = (self.v0, self.delta, self.exp_avg, self.exp_avg_sq, self.vn)
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def bytes_per_slot(self) -> int:
+        return self.nbytes() // max(1, self.slots)

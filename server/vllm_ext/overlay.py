@@ -1,0 +1,105 @@
+"""Layer L's attention with the controlled values overlaid, inside vLLM's main forward.
+
+`OverlayImpl` wraps the attention impl object of the model's last decoder layer (an object the
+model subclass built: composition, no vLLM class or module is patched). vLLM calls
+`impl.forward` from its attention custom op, which it runs outside torch.compile's graphs (and
+outside CUDA-graph pieces under PIECEWISE), so the wrapper's Python runs at every step in every
+compilation mode. It first runs the stock impl for all rows (which also writes the paged cache),
+then, when the runner has posted a plan for this step, for the planned rows:
+- copies V0 of requests whose prefill ends in this forward into their slab slot;
+- recomputes the last token's attention with the slot's cached Vn at the video positions
+  (never writing the paged cache: prefix-cached blocks stay shared);
+- overwrites the attention output of rows that carry an offset, so vLLM's own o_proj, MLP,
+  norm and lm_head produce the controlled logits;
+- keeps the output and the video weights for rows that update at this step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vreason.kernels.controlled_attention import controlled_attention
+
+from .paged_cache import gather_positions, split_kv
+
+
+@dataclass
+class OverlayPlan:
+    """One step's plan, posted by the runner before the forward and read by the wrapper."""
+
+    rows: torch.Tensor  # [K] int64 batch rows that attend (device)
+    slots: torch.Tensor  # [K] int64 slab slots (device)
+    vid_start: torch.Tensor  # [K, runs] int32 (device)
+    vid_len: torch.Tensor  # [K, runs] int32 (device)
+    p_max: int
+    overlay: torch.Tensor  # [M] int64 indices into the K rows: replace the stock output (offset rows)
+    fresh: torch.Tensor  # [K - M] int64 the other rows (Vn == V0), compared with the stock output on check
+    loads: list = field(default_factory=list)  # (state, batch row, positions) to copy V0 for
+    attend_states: list = field(default_factory=list)  # the K rows' controller states, in order
+    check: bool = False  # compare with the stock output where Vn == V0 (debug/test flag)
+    # filled in by the wrapper
+    called: bool = False
+    last: torch.Tensor | None = None  # [K] token index of each planned row's last query token
+    o: torch.Tensor | None = None  # [K, Hq*D] fp32
+    a: torch.Tensor | None = None  # [K, Hq, p_max] fp32
+    max_error: float = 0.0
+    checked: int = 0  # rows compared with the stock output
+
+
+class LayerOverlay:
+    """The runner's handle on layer L: the slab and the current plan, plus call counts."""
+
+    def __init__(self, layer_name: str, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
+        self.layer_name, self.num_heads, self.num_kv_heads = layer_name, num_heads, num_kv_heads
+        self.head_dim, self.scale = head_dim, scale
+        self.slab = None
+        self.plan: OverlayPlan | None = None
+        self.calls = {"attention_impl": 0, "overlay_applied": 0}
+
+    def apply(self, layer, query, kv_cache, meta, output) -> None:
+        plan, slab = self.plan, self.slab
+        plan.called = True
+        self.calls["overlay_applied"] += 1
+        backend = layer.attn_backend.get_name()
+        key_cache, value_cache = split_kv(kv_cache, backend, getattr(layer, "isa", None))
+        for state, row, positions in plan.loads:
+            state.load(gather_positions(value_cache, meta.block_table[row], positions).float())
+        if plan.rows.numel() == 0:
+            return
+        last = (meta.query_start_loc[plan.rows + 1] - 1).long()
+        q = query.view(query.shape[0], self.num_heads, self.head_dim)[last]
+        values = slab.vn[plan.slots, :plan.p_max].permute(0, 2, 1, 3)  # [K, Hkv, P, D]
+        o, a = controlled_attention(q, key_cache, value_cache, meta.block_table[plan.rows],
+                                    meta.seq_lens[plan.rows], plan.vid_start, plan.vid_len, values,
+                                    self.scale)
+        out = output.view(output.shape[0], self.num_heads, self.head_dim)
+        if plan.check and plan.fresh.numel():
+            plan.max_error = (o[plan.fresh].float() - out[last[plan.fresh]].float()).abs().max().item()
+            plan.checked = plan.fresh.numel()
+        out.index_copy_(0, last[plan.overlay], o[plan.overlay].to(out.dtype))
+        plan.last, plan.o, plan.a = last, o.flatten(1).float(), a
+
+
+class OverlayImpl:
+    """Wraps layer L's attention impl; every attribute but `forward` is the wrapped impl's."""
+
+    def __init__(self, inner, overlay: LayerOverlay):
+        self.__dict__["inner"] = inner
+        self.__dict__["overlay"] = overlay
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["inner"], name)
+
+    def __setattr__(self, name, value):
+        setattr(self.__dict__["inner"], name, value)
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output=None, **kwargs):
+        result = self.inner.forward(layer, query, key, value, kv_cache, attn_metadata, output=output,
+                                    **kwargs)
+        overlay = self.overlay
+        overlay.calls["attention_impl"] += 1
+        if overlay.plan is not None and attn_metadata is not None:
+            overlay.apply(layer, query, kv_cache, attn_metadata, output)
+        return result
