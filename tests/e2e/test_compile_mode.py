@@ -87,10 +87,10 @@ def test_compiled_equals_eager(eager_results, server, url, key, knobs):
         assert c["ema"] == pytest.approx(e["ema"], abs=1e-4), t
 
 
-def test_compiled_matches_eager_oracle(eager_results, server, hf, url):  # noqa: F811
-    proc, model, inputs, _ = hf
+def test_compiled_matches_eager_oracle(eager_results, server, hf):  # noqa: F811
+    proc, model, inputs, hf_url = hf  # the oracle's clip (8 temporal patches)
     knobs = {"update_every": 2, "steps": 1, "lr": 0.05, "beta": 0.9}
-    text, steps = _ask(server, url, knobs, max_tokens=MAX_TOKENS)
+    text, steps = _ask(server, hf_url, knobs, max_tokens=MAX_TOKENS)
     cfg = model.config
     tokens, rows = eager_generate(model, inputs, cfg.video_token_id, cfg.text_config.eos_token_id,
                                   MAX_TOKENS, VReasonParams.from_dict(knobs))
