@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 SHM_SIZE=1g               # as documented in README.md, the Dockerfiles and docker/compose.yaml
-HEALTH_TIMEOUT_S=420      # the image's HEALTHCHECK start period is 300 s; allow for a busy machine
+HEALTH_TIMEOUT_S=600      # first start builds the SmolLM2 demo model and compiles; allow for a busy machine
 SUITE=bookworm            # the Dockerfile's base is python:3.11-slim-bookworm
 BASE=localhost/vreason-smoke-base:$SUITE
 IMAGE=localhost/vreason-smoke:cpu
@@ -219,7 +219,9 @@ inside_checks() {
     echo "   uid $uid; /dev/shm ${shm} MiB; /cache: $(podman exec "$CTR" ls /cache | tr '\n' ' ')"
     [ "$uid" != 0 ] || { echo "!! the server runs as root" >&2; return 1; }
     [ "$shm" -ge 1000 ] || { echo "!! /dev/shm is ${shm} MiB, not $SHM_SIZE" >&2; return 1; }
-    podman exec "$CTR" sh -c 'ls -d /cache/demo-*' > /dev/null \
+    # the default demo model (SmolLM2 grafted into Qwen2.5-VL, server/smollm2_model.py) is built
+    # into the cache volume at first start
+    podman exec "$CTR" sh -c 'ls -d /cache/smollm2-qwen2_5-vl-*' > /dev/null \
         || { echo "!! the demo model was not written to /cache" >&2; return 1; }
 }
 
