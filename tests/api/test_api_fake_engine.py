@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from vreason.server.api.app import create_app
-from vreason.server.engine.types import ChoiceDelta, EngineClientError, Usage
+from vreason.server.engine.types import ChoiceDelta, EngineClientError, TraceSummary, Usage
+from vreason.server.wire import StepRow
 
 
 class FakeEngine:
@@ -32,9 +33,11 @@ class FakeEngine:
             if self.delay:
                 await asyncio.sleep(self.delay)
             usage.completion_tokens = i
-            rows = [{"entropy": 1.0 * i, "ema": 0.1 * i, "alpha": 1.0, "updated": i == 2}]
-            yield ChoiceDelta(0, word, i, "stop" if i == len(self.words) else None,
-                              trace_rows=rows if request.vreason and request.vreason.trace else [])
+            rows = [StepRow(i, 1.0 * i, 0.1 * i, 1.0, i == 2)]
+            last = i == len(self.words)
+            traced = bool(request.vreason and request.vreason.trace)
+            yield ChoiceDelta(0, word, i, "stop" if last else None, trace_rows=rows if traced else [],
+                              trace_summary=TraceSummary(1, 0, 2, True, positions=4) if traced and last else None)
 
     async def abort(self, request_id):
         self.aborted.append(request_id)
