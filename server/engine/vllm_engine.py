@@ -139,7 +139,12 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.traces.start()
-        self._processor = AutoProcessor.from_pretrained(self.cfg.model)
+        try:
+            self._processor = AutoProcessor.from_pretrained(self.cfg.model)
+        except (OSError, ValueError):  # a text-only model has no processor: its tokenizer renders chats
+            from transformers import AutoTokenizer
+
+            self._processor = AutoTokenizer.from_pretrained(self.cfg.model)
         vllm_config = _engine_args(self.cfg).create_engine_config()
         reasons = vllm_config_reasons(vllm_config)
         self._refuse_if_required(reasons)
