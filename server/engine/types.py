@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vreason.server.controller.params import VReasonParams
+from vreason.server.errors import ClientError
 
 # Most top_logprobs per token: OpenAI's limit and vLLM's default max_logprobs. Stock vLLM on CPU
 # crashes its engine when asked for close to the vocabulary size, so more is refused at the edge.
@@ -149,13 +150,9 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-class EngineClientError(Exception):
-    """A client fault found while preparing the request (maps to HTTP 4xx)."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_request",
-                 status: int = 400):
-        super().__init__(message)
-        self.message, self.param, self.code, self.status = message, param, code, status
+# A client fault found while preparing the request (maps to HTTP 4xx): the server's one
+# client-error type under the name the engine layer has always used.
+EngineClientError = ClientError
 
 
 class EngineUnavailable(Exception):
