@@ -53,13 +53,24 @@ class Choice:
         if not self.split:
             self.content += d.text
             return "", d.text
-        was_inside = self.splitter.inside
-        r, c = self.splitter.feed(d.text)
+        # Split token by token, so that a delta of several tokens that holds the end (or the
+        # start) of the thought counts only its tokens inside it. Without per-token texts (or
+        # when they do not add up to the text) the delta is one piece: exact for one token.
+        pieces = d.token_texts if d.token_texts and "".join(d.token_texts) == d.text else None
+        weighted = [(p, 1) for p in pieces] if pieces else [(d.text, new_tokens)]
+        rs, cs = [], []
+        for piece, tokens in weighted:
+            was_inside = self.splitter.inside
+            r, c = self.splitter.feed(piece)
+            if was_inside or self.splitter.inside or r:  # opening, inside or closing the thought
+                self.reasoning_tokens += tokens
+            rs.append(r)
+            cs.append(c)
         if d.finish_reason is not None:
-            r2, c2 = self.splitter.finish()
-            r, c = r + r2, c + c2
-        if was_inside or self.splitter.inside or r:  # opening, inside or closing the thought
-            self.reasoning_tokens += new_tokens
+            r, c = self.splitter.finish()
+            rs.append(r)
+            cs.append(c)
+        r, c = "".join(rs), "".join(cs)
         self.reasoning += r
         self.content += c
         return r, c

@@ -126,6 +126,10 @@ class ChoiceDelta:
     """Per new token when the request asked for logprobs, else None."""
     stop_reason: int | str | None = None
     """The stop string or token id that ended the choice (vLLM's stop_reason)."""
+    token_texts: tuple[str, ...] | None = None
+    """The text of each new token, in order (one entry per new token), when the delta holds more
+    than one; None for a single-token delta (its text is `text`). The front end counts reasoning
+    tokens per token with it (a multi-token delta may straddle the end of a thought)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from tests.api.test_api_fake_engine import FakeEngine
+from tests.helpers.fake_engine import FakeEngine
 from vreason.server.api.app import create_app
 
 FAST = settings(max_examples=50, deadline=None, derandomize=True, database=None,
