@@ -129,7 +129,8 @@ async def test_metrics_parse_and_move():
     async with client_for(FakeEngine()) as c:
         before = _samples((await c.get("/metrics")).text)
         await c.post("/v1/chat/completions", json={**BODY, "vreason": True})
-        after = _samples((await c.get("/metrics")).text)
+        text = (await c.get("/metrics")).text
+        after = _samples(text)
     assert after["vllm:generation_tokens_total"] == before.get("vllm:generation_tokens_total", 0) + 2
     assert after["vllm:request_success_total"] == 1
     assert after["vreason:controlled_requests_total"] == 1
@@ -138,6 +139,11 @@ async def test_metrics_parse_and_move():
     assert after["vllm:num_requests_waiting"] == 2 and after["vllm:kv_cache_usage_perc"] == 0.25
     assert after["vreason:updates_total"] == 3 and after["vreason:controller_memory_bytes"] == 4096
     assert after["vreason:inner_step_seconds_count"] == 4  # two scrapes drained 2 steps each
+    # the fake's steps take 1 ms and 2 ms: cumulative buckets
+    buckets = {s.labels["le"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "vreason:inner_step_seconds_bucket"}
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.0025"], buckets["+Inf"]) == (0, 2, 4, 4)
+    assert after["vreason:inner_step_seconds_sum"] == pytest.approx(0.006)
 
 
 def _samples(text: str) -> dict[str, float]:
