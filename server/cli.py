@@ -106,7 +106,17 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "move <think>...</think> text to message.reasoning", choices=["on", "off"])
     add("--log-format", "json", "log lines as JSON objects or plain text", choices=["json", "text"])
     d = VReasonParams()
-    add("--vreason", "off", "V-Reason for requests that do not say: on or off", choices=["on", "off"])
+    add("--vreason", "off", "V-Reason for requests that do not say: on or off. With on, the server also "
+        "refuses to start where V-Reason cannot run (with off it starts with V-Reason disabled, says why, and "
+        "answers requests that ask for it 400)", choices=["on", "off"])
+    add("--vreason-max-controlled", None, "controller slots: controlled choices decoded at once, allocated at "
+        "start-up; more get 429 (default: --max-num-seqs)", type=int)
+    add("--vreason-max-video-tokens", None, "controlled positions (video tokens) per request, allocated per "
+        "slot at start-up; more get 400 (default: --max-model-len)", type=int)
+    add("--speculative-config", None, "JSON, vLLM's speculative decoding config (V-Reason is then unavailable)")
+    add("--enable-test-knobs", False, "accept the test-only vreason options force_alpha, nan_at_step and "
+        "fail_at_step from clients (tests only: never on a server reachable by untrusted clients)",
+        action="store_true")
     add("--vreason-lr", d.lr, "default Adam learning rate", type=float)
     add("--vreason-steps", d.steps, "default Adam steps per update", type=int)
     add("--vreason-update-every", d.update_every, "default: update every N generated tokens", type=int)
@@ -148,8 +158,12 @@ def serve(args) -> int:
         settings = APISettings(
             api_key=args.api_key, allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, request_timeout=args.request_timeout,
-            reasoning_split=args.reasoning_split == "on")
+            reasoning_split=args.reasoning_split == "on", test_knobs=args.enable_test_knobs)
         limits = json.loads(args.limit_mm_per_prompt)
+        speculative = json.loads(args.speculative_config) if args.speculative_config else None
+        for flag in ("vreason_max_controlled", "vreason_max_video_tokens"):
+            if getattr(args, flag) is not None and getattr(args, flag) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
         video_limits = VideoLimits(max_bytes=args.video_max_bytes, max_frames=args.video_max_frames,
                                    max_pixels=args.video_max_pixels)
         fetch_policy = FetchPolicy(allowed_hosts=tuple(h.strip() for h in args.allowed_media_hosts.split(",")
@@ -179,7 +193,11 @@ def serve(args) -> int:
         fetch_policy=fetch_policy,
         default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
         data_parallel_size=args.data_parallel_size, generation_config=args.generation_config,
-        cap_frames=args.video_frames_over_cap == "cap", enforce_eager=args.enforce_eager)
+        cap_frames=args.video_frames_over_cap == "cap", enforce_eager=args.enforce_eager,
+        speculative_config=speculative, vreason_required=args.vreason == "on",
+        vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens)
+    if settings.test_knobs:
+        logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
     # lifespan shuts the engine down.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 
 class ClientError(Exception):
-    """A request fault: HTTP ``status`` (4xx; 504 for a request out of time) with the body
-    ``{"error": {message, type, param, code}}``.
+    """An error of one request, answered with HTTP ``status`` and the body
+    ``{"error": {message, type, param, code}}``: a client fault (4xx), a request out of time
+    (504), or a failure of this request alone (500, the engine's ``RequestFailed``).
 
     ``param`` names the offending request field (None: the request as a whole); ``code`` is a
     machine-readable reason.

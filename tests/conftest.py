@@ -43,7 +43,7 @@ def media_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(demo_model, media_dir, tmp_path_factory) -> Server:
-    s = start_server(demo_model, media_dir, tmp_path_factory.mktemp("server") / "server.log")
+    s = start_server(demo_model, media_dir, tmp_path_factory.mktemp("server") / "server.log", "--enable-test-knobs")
     yield s
     stop_server(s)
 

@@ -17,9 +17,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from vreason.server.engine.protocol import EngineClient
-from vreason.server.engine.traces import public_row, summarize
-from vreason.server.engine.types import ChoiceDelta, EngineUnavailable, GenerateRequest, TokenLogprob, Usage
+from vreason.server.engine.traces import public_row, trace_object
+from vreason.server.engine.types import (ChoiceDelta, EngineUnavailable, GenerateRequest, TokenLogprob,
+                                         TraceSummary, Usage)
 from vreason.server.errors import ClientError
+from vreason.server.wire import StepRow
 
 from .errors import error_body, error_fields, error_response
 from .metrics import Metrics
@@ -39,7 +41,8 @@ class Choice:
     tokens: int = 0
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    rows: list[dict] = field(default_factory=list)
+    rows: list[StepRow] = field(default_factory=list)
+    summary: TraceSummary | None = None
     logprobs: list[TokenLogprob] | None = None
 
     def add(self, d: ChoiceDelta) -> tuple[str, str]:
@@ -48,6 +51,7 @@ class Choice:
         self.finish_reason = d.finish_reason or self.finish_reason
         self.stop_reason = d.stop_reason if d.stop_reason is not None else self.stop_reason
         self.rows.extend(d.trace_rows)
+        self.summary = d.trace_summary or self.summary
         if d.logprobs is not None:
             self.logprobs = (self.logprobs or []) + d.logprobs
         if not self.split:
@@ -166,7 +170,7 @@ async def _until_disconnect(request: Request) -> None:
 
 
 def _trace_object(gen: GenerateRequest, choices: list[Choice]) -> dict:
-    per_choice = [summarize(c.rows) for c in choices]
+    per_choice = [trace_object(c.rows, c.summary) for c in choices]
     return per_choice[0] if gen.sampling.n == 1 else {"choices": per_choice}
 
 
@@ -254,8 +258,7 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
         if traced and d.trace_rows:
             item["vreason"] = {"steps": [public_row(r) for r in d.trace_rows]}
         if traced and d.finish_reason is not None:
-            item.setdefault("vreason", {})["summary"] = {
-                k: v for k, v in summarize(c.rows).items() if k != "steps"}
+            item.setdefault("vreason", {})["summary"] = trace_object(c.rows, c.summary, steps=False)
         return chunk([item])
 
     async def events() -> AsyncIterator[str]:

@@ -25,7 +25,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     chat.check_request(engine, body)
     if not engine.is_ready():
         return error_response(503, "engine is not ready", None, "engine_unavailable")
-    params = body.vreason_params(request.app.state.vreason_default)
+    params = body.vreason_params(request.app.state.vreason_default, request.app.state.settings.test_knobs)
     gen = body.to_generate_request(chat.new_request_id(), params)
     admission, metrics = request.app.state.admission, request.app.state.metrics
     settings = request.app.state.settings
@@ -61,7 +61,14 @@ async def models(request: Request):
     engine = _engine(request)
     return {"object": "list", "data": [{
         "id": engine.model_name, "object": "model", "created": int(request.app.state.started_at),
-        "owned_by": "vreason", "root": engine.model_name, "max_model_len": engine.max_model_len}]}
+        "owned_by": "vreason", "root": engine.model_name, "max_model_len": engine.max_model_len,
+        "vreason": vreason_availability(engine)}]}
+
+
+def vreason_availability(engine) -> dict:
+    """Whether this server can run V-Reason, and if not, why (its start-up checks)."""
+    reasons = list(getattr(engine, "vreason_unavailable", ()))
+    return {"available": not reasons, **({"unavailable": reasons} if reasons else {})}
 
 
 @router.get("/health")

@@ -189,8 +189,9 @@ class ChatCompletionRequest(_Strict):
             raise ValueError("stop must be up to 4 non-empty strings")
         return v
 
-    def vreason_params(self, default: VReasonParams | None) -> VReasonParams | None:
-        """Merge the request's `vreason` over the server default; None means off."""
+    def vreason_params(self, default: VReasonParams | None, test_knobs: bool = False) -> VReasonParams | None:
+        """Merge the request's `vreason` over the server default; None means off. The test-only
+        knobs are unknown options unless the server runs with test knobs enabled."""
         if self.vreason is None:
             return default if default is not None and default.enabled else None
         if self.vreason is False:
@@ -198,7 +199,7 @@ class ChatCompletionRequest(_Strict):
         base = default or VReasonParams()
         if self.vreason is True:
             return VReasonParams.from_dict({"enabled": True}, base)
-        params = VReasonParams.from_dict({"enabled": True, **self.vreason}, base)
+        params = VReasonParams.from_dict({"enabled": True, **self.vreason}, base, test_knobs=test_knobs)
         return params if params.enabled else None
 
     def to_generate_request(self, request_id: str, vreason: VReasonParams | None) -> GenerateRequest:

@@ -19,6 +19,8 @@ class APISettings:
     """Seconds a chat request may take end to end before it is aborted (504)."""
     reasoning_split: bool = True
     """Move <think>...</think> text to message.reasoning (and reasoning_content)."""
+    test_knobs: bool = False
+    """Accept the test-only vreason knobs (force_alpha, nan_at_step, fail_at_step) from clients."""
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 NORM_RESTORE = ("token", "none")
 APPLY = ("now", "next")
@@ -50,6 +50,12 @@ class VReasonParams:
     """Test-only: use this alpha at every step instead of the switching rule."""
     nan_at_step: int | None = None
     """Test-only: poison the loss with NaN at this generated step (the update must be skipped)."""
+    fail_at_step: int | None = None
+    """Test-only: raise inside this request's update at this generated step (a multiple of
+    update_every), as an out-of-memory error would: the request must fail alone."""
+
+    TEST_KNOBS: ClassVar[tuple[str, ...]] = ("force_alpha", "nan_at_step", "fail_at_step")
+    """Accepted from a client only when the server runs with --enable-test-knobs."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ParamError:
@@ -84,26 +90,26 @@ class VReasonParams:
         if self.nan_at_step is not None and (isinstance(self.nan_at_step, bool)
                                              or not isinstance(self.nan_at_step, int)):
             raise bad("nan_at_step", "must be an integer")
+        if self.fail_at_step is not None and (isinstance(self.fail_at_step, bool)
+                                              or not isinstance(self.fail_at_step, int)
+                                              or self.fail_at_step < 1
+                                              or self.fail_at_step % self.update_every != 0):
+            raise bad("fail_at_step", "must be a positive multiple of update_every (an update step)")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base: VReasonParams | None = None) -> VReasonParams:
-        """Overlay `data` on `base` (or the defaults); unknown keys raise ParamError."""
-        unknown = sorted(set(data) - set(cls.field_names()))
+    def from_dict(cls, data: dict[str, Any], base: VReasonParams | None = None, *,
+                  test_knobs: bool = True) -> VReasonParams:
+        """Overlay `data` on `base` (or the defaults); unknown keys raise ParamError, and so do the
+        test-only knobs unless `test_knobs` (the API layer passes the server's setting)."""
+        known = set(cls.field_names()) - (set() if test_knobs else set(cls.TEST_KNOBS))
+        unknown = sorted(set(data) - known)
         if unknown:
             raise ParamError(f"unknown vreason option(s): {', '.join(unknown)}", f"vreason.{unknown[0]}")
         return replace(base or cls(), **data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-TRACE_ADDR_ENV = "VREASON_TRACE_ADDR"
-"""Env var naming the ZeroMQ address where workers push per-step traces and stats (JSON)."""
-EXTRA_ARGS_KEY = "vreason"
-"""Key of the V-Reason options in SamplingParams.extra_args (a plain dict from `to_dict`)."""
-REQUEST_TAG_KEY = "vreason_rid"
-"""Key in the same dict carrying the front end's request id, echoed back with traces."""

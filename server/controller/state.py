@@ -3,16 +3,19 @@
 Owned by the model runner (vllm_ext) in the worker process, created when the request's prefill
 ends and dropped when it finishes or is aborted. The tensors (V0, dV, Adam moments in fp32 and
 the current controlled values Vn in the cache dtype) live in the runner's ControllerSlab; this
-record holds host-side scalars only. Positions are absolute token positions of the request;
+record holds host-side scalars only, and the last step's trace row (`last_row`, made once by
+the step's report). Positions are absolute token positions of the request;
 `runs` lists the controlled (video) positions as (start, length) pairs in prompt order, and
 row i of the slot is the i-th controlled position in that order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from vreason.server.wire import StepRow
 
 from .objective import SwitchState
 from .params import VReasonParams
@@ -31,8 +34,8 @@ class ControllerState:
     adam_step: int = 0
     updates: int = 0
     skipped_updates: int = 0
-    trace: list[dict] = field(default_factory=list)
-    update_failed: bool = False
+    last_row: StepRow | None = None
+    rows_sent: int = 0  # trace rows the runner has sent for this request
     loaded: bool = False  # V0 copied into the slot (done inside the forward that ends the prefill)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""One generated step of V-Reason for a batch of controlled rows (DESIGN section 2).
+"""One generated step of V-Reason for a batch of controlled rows (docs/design.md, the method).
 
 The logits handed in are already the controlled logits z_t(dV): layer L's attention read the
 controlled values inside the main forward. So the first inner step's forward is that forward;
@@ -14,20 +14,33 @@ a step with updates (entropies and finite flags together). The gradient is compu
 alpha = 1 and scaled by alpha afterwards (the tail backward is linear in dL/dlogits), so the
 sync that gives H_t, hence alpha_t, comes after the backward. Each extra inner step (steps > 1)
 adds one more.
+
+Containment: one request's failure (an exception, e.g. out of memory, anywhere in its part of
+the step) fails that request alone. Batched phases that change no request state (entropy,
+gradients, the apply-now tail) are retried one row at a time when they raise, and the rows that
+still raise are failed; the phase that changes state (Adam, in the request's own slot) runs
+per row. Failed rows are in `StepReport.failed`; the runner ends their requests with an error.
+A non-finite entropy or gradient is not a failure: that update is skipped, counted and marked.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from vreason.kernels import controller_update, entropy_grad
+from vreason.server.wire import StepRow
 
 from .objective import entropy
 from .state import ControllerState
 from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_logits
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test-only knob `fail_at_step`."""
 
 
 @dataclass(frozen=True)
@@ -61,31 +74,66 @@ def group_apply(a: torch.Tensor, dvn: torch.Tensor, num_kv_heads: int) -> torch.
 
 @dataclass
 class StepReport:
-    """Device values of one step that the trace needs; `finish` reads them after sampling."""
+    """One step's outcome per row; `finish` reads the device values once, after sampling, and
+    makes each row's `StepRow` (kept in `rows[i].last_row`)."""
 
     rows: list[ControllerState]
-    h: torch.Tensor  # [R] H_t
-    h_host: list[float] | None = None
+    h: torch.Tensor | None = None  # [len(h_rows)] H_t of the rows in h_rows (device)
+    h_rows: list[int] = field(default_factory=list)
+    h_host: dict[int, float] | None = None
+    ema: dict[int, float] = field(default_factory=dict)
+    alpha: dict[int, float] = field(default_factory=dict)
+    updated: set[int] = field(default_factory=set)
+    skipped: set[int] = field(default_factory=set)
     after: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> entropy after apply now
+    failed: dict[int, BaseException] = field(default_factory=dict)  # row -> what it raised
+    step_rows: dict[int, StepRow] = field(default_factory=dict)
+
+    def advance(self) -> None:
+        """Advance the switch of every live row (needs h_host)."""
+        for i in self.h_rows:
+            if i not in self.failed and i not in self.alpha:
+                s = self.rows[i]
+                alpha = s.switch.advance(self.h_host[i])
+                self.alpha[i] = float(s.params.force_alpha) if s.params.force_alpha is not None else alpha
+                self.ema[i] = s.switch.ema
 
     def finish(self) -> None:
-        """Advance the switches of rows not advanced yet and complete the trace rows (one read)."""
         if self.h_host is None:
-            self.h_host = self.h.tolist()
-            for i, s in enumerate(self.rows):
-                _advance(s, self.h_host[i])
-        if self.after:
-            keys = list(self.after)
-            for i, h_after in zip(keys, torch.stack([self.after[i] for i in keys]).tolist()):
-                self.rows[i].trace[-1]["entropy_after"] = h_after
+            self.h_host = dict(zip(self.h_rows, self.h.tolist())) if self.h_rows else {}
+            self.advance()
+        keys = [i for i in self.after if i not in self.failed]
+        after = dict(zip(keys, torch.stack([self.after[i] for i in keys]).tolist())) if keys else {}
+        for i in self.alpha:
+            if i in self.failed:
+                continue
+            s = self.rows[i]
+            s.last_row = self.step_rows[i] = StepRow(
+                t=s.switch.t, entropy=self.h_host[i], ema=self.ema[i], alpha=self.alpha[i],
+                updated=i in self.updated, skipped=i in self.skipped, entropy_after=after.get(i))
 
 
-def _advance(s: ControllerState, h: float) -> float:
-    alpha = s.switch.advance(h)
-    if s.params.force_alpha is not None:
-        alpha = float(s.params.force_alpha)
-    s.trace.append({"entropy": h, "ema": s.switch.ema, "alpha": alpha, "updated": False})
-    return alpha
+def rowwise(fn: Callable[[list[int]], torch.Tensor], ks: list[int],
+            fail: Callable[[int, BaseException], None]) -> tuple[list[int], torch.Tensor | None]:
+    """fn(ks) for a batch of row keys (a tensor whose first dim follows ks). If the batch
+    raises, each row is run alone; the rows that still raise go to `fail` and are left out.
+    Only for phases that change no request state. Returns (the rows kept, their outputs)."""
+    if not ks:
+        return [], None
+    try:
+        return ks, fn(ks)
+    except Exception as e:  # noqa: BLE001 - contained per request below
+        if len(ks) == 1:
+            fail(ks[0], e)
+            return [], None
+    kept, outs = [], []
+    for k in ks:
+        try:
+            outs.append(fn([k]))
+            kept.append(k)
+        except Exception as e:  # noqa: BLE001
+            fail(k, e)
+    return kept, (torch.cat(outs) if outs else None)
 
 
 def _adam(s: ControllerState, grad_vn: torch.Tensor) -> torch.Tensor:
@@ -114,63 +162,90 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
     rows whose step t is a multiple of update_every. A non-finite entropy or gradient (or the
     test knob nan_at_step) skips that request's update; it is counted and marked in the trace.
     """
-    report = StepReport(rows, entropy(logits))
+    report = StepReport(rows)
+
+    def fail(i: int, e: BaseException) -> None:
+        report.failed.setdefault(i, e)
+
+    report.h_rows, report.h = rowwise(lambda ks: entropy(logits[ks]), list(range(len(rows))), fail)
     if upd is None or not upd.rows:
         return report
     hkv = rows[upd.rows[0]].slab.v0.shape[2]
-    ones = torch.ones(len(upd.rows), dtype=torch.float32, device=logits.device)
-    _, g1 = entropy_grad(logits[upd.rows], ones)
-    grad_vn = group_grad(upd.a, tail_input_grad(tail_acts(upd.o, upd.residual, weights), g1, weights), hkv)
-    finite = torch.isfinite(grad_vn).flatten(1).all(1)
-    host = torch.cat([report.h, finite.float()]).tolist()  # the step's one host sync
-    report.h_host = host[:len(rows)]
-    alphas = [_advance(s, h) for s, h in zip(rows, report.h_host)]
+    fail_k = lambda k, e: fail(upd.rows[k], e)  # noqa: E731 - keys of upd's rows
+
+    def first_grad(ks: list[int]) -> torch.Tensor:  # dL/dVn for alpha = 1, with its finite flag
+        for k in ks:
+            s = rows[upd.rows[k]]
+            if s.params.fail_at_step == s.switch.t + 1:
+                raise InjectedFailure(f"injected controller failure at step {s.switch.t + 1} (fail_at_step)")
+        ones = torch.ones(len(ks), dtype=torch.float32, device=logits.device)
+        _, g1 = entropy_grad(logits[[upd.rows[k] for k in ks]], ones)
+        acts = tail_acts(upd.o[ks], upd.residual[ks], weights)
+        return group_grad(upd.a[ks], tail_input_grad(acts, g1, weights), hkv)
+
+    ks, grad_vn = rowwise(first_grad, [k for k, i in enumerate(upd.rows) if i not in report.failed], fail_k)
+    finite = torch.isfinite(grad_vn).flatten(1).all(1) if ks else torch.zeros(0, device=logits.device)
+    host = torch.cat([report.h, finite.float()]).tolist() if report.h is not None else finite.tolist()
+    n_h = len(report.h_rows)
+    report.h_host = dict(zip(report.h_rows, host[:n_h]))  # the step's one host sync
+    grad_ok = {k: host[n_h + j] > 0 for j, k in enumerate(ks)}
+    report.advance()
     o = upd.o.float().clone()
-    live = []
+    live, grad_of = [], {k: j for j, k in enumerate(ks)}
     for k, i in enumerate(upd.rows):
-        s, h = rows[i], report.h_host[i]
+        if i in report.failed:
+            continue
+        s = rows[i]
         if s.switch.t % s.params.update_every != 0:
             raise RuntimeError(f"request {s.req_id}: update inputs at a step without an update")
-        finite = math.isfinite(h) and host[len(rows) + k] > 0
-        s.update_failed = not finite or s.params.nan_at_step == s.switch.t
-        if not s.update_failed:
+        ok = math.isfinite(report.h_host[i]) and grad_ok.get(k, False)
+        if not ok or s.params.nan_at_step == s.switch.t:
+            report.skipped.add(i)
+        else:
             live.append(k)
     for step in range(max(rows[i].params.steps for i in upd.rows)):
         if step > 0:  # later inner steps: forward with the new Vn, then backward
-            live = [k for k in live if rows[upd.rows[k]].params.steps > step]
+            live = [k for k in live if rows[upd.rows[k]].params.steps > step and upd.rows[k] not in report.failed]
+
+            def next_grad(ks: list[int]) -> torch.Tensor:
+                acts = tail_acts(o[ks], upd.residual[ks], weights)
+                alpha = torch.tensor([report.alpha[upd.rows[k]] for k in ks], dtype=torch.float32, device=o.device)
+                _, g = entropy_grad(head_logits(acts, weights), alpha)
+                return group_grad(upd.a[ks], tail_input_grad(acts, g, weights), hkv)
+
+            live, grad_vn = rowwise(next_grad, live, fail_k)
             if not live:
                 break
-            acts = tail_acts(o[live], upd.residual[live], weights)
-            alpha = torch.tensor([alphas[upd.rows[k]] for k in live], dtype=torch.float32, device=o.device)
-            _, g = entropy_grad(head_logits(acts, weights), alpha)
-            grad_vn = group_grad(upd.a[live], tail_input_grad(acts, g, weights), hkv)
             ok = torch.isfinite(grad_vn).flatten(1).all(1).tolist()
-            for j, k in enumerate(list(live)):
+            for j, k in enumerate(live):
                 if not ok[j]:
-                    rows[upd.rows[k]].update_failed = True
-            live_now = [(j, k) for j, k in enumerate(live) if ok[j]]
-            scale = [1.0] * len(live)
-        else:
-            live_now = [(k, k) for k in live]
-            scale = [alphas[upd.rows[k]] for k in range(len(upd.rows))]
-        for j, k in live_now:
-            s = rows[upd.rows[k]]
-            dvn = _adam(s, grad_vn[j, :s.num_positions] * scale[j])
-            o[k] += group_apply(upd.a[k, :, :s.num_positions], dvn, hkv)
-        live = [k for _, k in live_now]
+                    report.skipped.add(upd.rows[k])
+            grad_of = {k: j for j, k in enumerate(live)}
+            live = [k for j, k in enumerate(live) if ok[j]]
+        for k in list(live):
+            i = upd.rows[k]
+            s = rows[i]
+            scale = report.alpha[i] if step == 0 else 1.0
+            try:  # changes the request's own slot only: a failure here is that request's alone
+                dvn = _adam(s, grad_vn[grad_of[k], :s.num_positions] * scale)
+                o[k] += group_apply(upd.a[k, :, :s.num_positions], dvn, hkv)
+            except Exception as e:  # noqa: BLE001
+                fail(i, e)
+                live.remove(k)
     now = []
     for k, i in enumerate(upd.rows):
         s = rows[i]
-        if s.update_failed:
+        if i in report.failed:
+            continue
+        if i in report.skipped:
             s.skipped_updates += 1
-            s.trace[-1]["skipped"] = True
             continue
         s.updates += 1
-        s.trace[-1]["updated"] = True
+        report.updated.add(i)
         if s.params.apply == "now":
             now.append(k)
+    now, z = rowwise(lambda ks: tail_logits(o[ks], upd.residual[ks], weights), now, fail_k)
     if now:
-        z = tail_logits(o[now], upd.residual[now], weights)
         idx = [upd.rows[k] for k in now]
         logits[idx] = z.to(logits.dtype)
         for i, h_after in zip(idx, entropy(z)):

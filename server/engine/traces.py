@@ -1,50 +1,83 @@
-"""Front-end side of the V-Reason trace channel: a ZeroMQ PULL socket fed by vLLM's workers.
+"""Front-end side of the V-Reason channel: a ZeroMQ PULL socket fed by vLLM's workers.
 
-Workers push, after each step, the trace rows of requests that asked for a trace (tagged with
-our request id and vLLM's internal id, whose `{i}_` prefix names the choice when n > 1) and
-their running stats. Rows are kept per request until it ends; the latest stats are kept for
-/metrics.
+Workers push typed records (server/wire.py): `StepRow`s of traced requests, one `RequestEnd`
+per controlled engine request, and their stats now and then. Each record carries our request
+id (tag) and the choice index explicitly. A controlled request is registered here while it
+runs; the engine finishes a choice only once that choice's `RequestEnd` has arrived, so every
+row the worker sent for it is in (the end says how many). No row is dropped: a request that is
+not (or no longer) registered has been aborted by us, and its records are counted as
+`orphan_records` in the hub's stats.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
-import re
 import tempfile
-from collections import defaultdict
+from dataclasses import dataclass, field
 
-from vreason.server.controller.params import TRACE_ADDR_ENV
+from vreason.server.wire import TRACE_ADDR_ENV, RequestEnd, StepRow, decode
+
+from .types import TraceSummary
 
 logger = logging.getLogger("vreason.engine")
-_CHILD = re.compile(r"^(\d+)_")
+
+END_WAIT_S = 120.0
+"""Longest wait for a finished choice's RequestEnd before its response says the trace is
+incomplete. The end normally follows the last token by one engine step."""
+
+
+@dataclass
+class ChoiceTrace:
+    rows: list[StepRow] = field(default_factory=list)
+    taken: int = 0
+    end: RequestEnd | None = None
 
 
 class RequestTrace:
+    """What the workers have said about one controlled request, per choice."""
+
     def __init__(self, n: int) -> None:
-        self.rows: dict[int, list[dict]] = defaultdict(list)
-        self.sent: dict[int, int] = defaultdict(int)
-        self.n = n
+        self.choices = [ChoiceTrace() for _ in range(n)]
         self.changed = asyncio.Event()
 
-    def take(self, index: int, upto: int) -> list[dict]:
-        """Rows of choice `index` not yet handed out, up to the `upto`-th generated token."""
-        start, end = self.sent[index], min(upto, len(self.rows[index]))
-        self.sent[index] = max(start, end)
-        return self.rows[index][start:end]
+    @property
+    def failure(self) -> RequestEnd | None:
+        """The first choice whose controller failed (or was refused), if any."""
+        return next((c.end for c in self.choices if c.end is not None and c.end.code is not None), None)
 
-    async def wait_for(self, index: int, count: int, timeout: float) -> None:
+    def take(self, index: int, upto: int) -> list[StepRow]:
+        """Rows of choice `index` not yet handed out, up to the `upto`-th generated token."""
+        c = self.choices[index]
+        start, end = c.taken, min(upto, len(c.rows))
+        c.taken = max(start, end)
+        return c.rows[start:end]
+
+    async def wait_end(self, index: int, alive, timeout: float = END_WAIT_S) -> RequestEnd | None:
+        """The RequestEnd of choice `index`; None if it did not come within `timeout` or the engine
+        stopped (`alive()` false)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(self.rows[index]) < count and loop.time() < deadline:
+        c = self.choices[index]
+        while c.end is None and alive() and loop.time() < deadline:
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), deadline - loop.time())
+                await asyncio.wait_for(self.changed.wait(), min(1.0, max(0.0, deadline - loop.time())))
             except TimeoutError:
-                break
+                pass
+        return c.end
+
+    def summary(self, index: int, end: RequestEnd | None) -> TraceSummary:
+        c = self.choices[index]
+        if end is None:
+            return TraceSummary(None, None, None, False, f"the worker's end of trace did not arrive within "
+                                f"{END_WAIT_S:g} s, or the engine stopped")
+        complete = end.rows_sent == len(c.rows)
+        return TraceSummary(end.updates, end.skipped_updates, end.peak_step, complete,
+                            None if complete else f"{len(c.rows)} of {end.rows_sent} trace rows arrived",
+                            end.positions)
 
 
 class TraceHub:
@@ -54,6 +87,7 @@ class TraceHub:
         self._requests: dict[str, RequestTrace] = {}
         self.stats: dict = {}
         self.step_seconds: list[float] = []  # drained by the metrics collector
+        self.orphan_records = 0
         self._task: asyncio.Task | None = None
         self._sock = None
 
@@ -79,38 +113,49 @@ class TraceHub:
     def unregister(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
 
+    def receive(self, raw: bytes) -> None:
+        """Take one channel message (the socket loop's body; tests call it directly)."""
+        rows, ends, stats = decode(raw)
+        if stats is not None:
+            self.stats = stats.stats
+            steps = self.stats.pop("step_seconds", [])
+            self.step_seconds.extend(steps[:max(0, 100_000 - len(self.step_seconds))])
+        touched = set()
+        for tag, choice, row in rows:
+            trace = self._requests.get(tag)
+            if trace is None or not 0 <= choice < len(trace.choices):
+                self.orphan_records += 1
+                continue
+            trace.choices[choice].rows.append(row)
+            touched.add(tag)
+        for end in ends:
+            trace = self._requests.get(end.tag)
+            if trace is None or not 0 <= end.choice < len(trace.choices):
+                self.orphan_records += 1
+                continue
+            trace.choices[end.choice].end = end
+            touched.add(end.tag)
+        for tag in touched:
+            self._requests[tag].changed.set()
+
     async def _run(self) -> None:
         while True:
             try:
-                msg = json.loads(await self._sock.recv())
+                self.receive(await self._sock.recv())
             except asyncio.CancelledError:
                 raise
             except Exception:  # a malformed message must not stop the channel
-                logger.exception("bad trace message")
-                continue
-            self.stats = msg.get("stats", {})
-            if "step_seconds" in self.stats and len(self.step_seconds) < 100_000:
-                self.step_seconds.append(self.stats["step_seconds"])
-            touched = set()
-            for tag, internal_id, _t, row in msg.get("rows", []):
-                trace = self._requests.get(tag)
-                if trace is None:
-                    continue
-                m = _CHILD.match(internal_id) if trace.n > 1 else None
-                trace.rows[int(m.group(1)) if m else 0].append(row)
-                touched.add(tag)
-            for tag in touched:
-                self._requests[tag].changed.set()
+                logger.exception("bad V-Reason channel message")
 
 
 STEP_KEYS = ("entropy", "ema", "alpha", "updated")
 
 
-def public_row(row: dict) -> dict:
+def public_row(row: StepRow) -> dict:
     """A trace row as clients see it; `entropy_after` (entropy of the updated logits) when known."""
-    out = {k: _finite(row[k]) for k in STEP_KEYS}
-    if "entropy_after" in row:
-        out["entropy_after"] = _finite(row["entropy_after"])
+    out = {k: _finite(getattr(row, k)) for k in STEP_KEYS}
+    if row.entropy_after is not None:
+        out["entropy_after"] = _finite(row.entropy_after)
     return out
 
 
@@ -119,15 +164,14 @@ def _finite(x):
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def summarize(rows: list[dict]) -> dict:
-    """The response's `vreason` object for one choice, from its per-token rows."""
-    peak, peak_step = 0.0, None
-    for t, row in enumerate(rows, start=1):
-        if row["ema"] > peak:
-            peak, peak_step = row["ema"], t
-    return {
-        "updates": sum(1 for r in rows if r.get("updated")),
-        "skipped_updates": sum(1 for r in rows if r.get("skipped")),
-        "peak_step": peak_step,
-        "steps": [public_row(r) for r in rows],
-    }
+def trace_object(rows: list[StepRow], summary: TraceSummary | None, steps: bool = True) -> dict:
+    """The response's `vreason` object for one choice: the worker's counts and the rows."""
+    s = summary or TraceSummary(None, None, None, False, "no end of trace")
+    out = {"updates": s.updates, "skipped_updates": s.skipped_updates, "peak_step": s.peak_step,
+           "controlled_positions": s.positions, "complete": s.complete}
+    if not s.complete:
+        out["incomplete_reason"] = s.reason
+    if steps:
+        out["steps"] = [public_row(r) for r in rows]
+    return out
+

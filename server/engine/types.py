@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from vreason.server.controller.params import VReasonParams
 from vreason.server.errors import ClientError
+from vreason.server.wire import StepRow
 
 # Most top_logprobs per token: OpenAI's limit and vLLM's default max_logprobs. Stock vLLM on CPU
 # crashes its engine when asked for close to the vocabulary size, so more is refused at the edge.
@@ -113,6 +114,19 @@ class TokenLogprob:
     top: tuple["TokenLogprob", ...] = ()
 
 
+@dataclass(frozen=True)
+class TraceSummary:
+    """One choice's V-Reason counts, made once in the worker; `complete` says every row arrived."""
+
+    updates: int | None
+    skipped_updates: int | None
+    peak_step: int | None
+    complete: bool
+    reason: str | None = None
+    positions: int | None = None
+    """Controlled positions (video tokens) of the request."""
+
+
 @dataclass
 class ChoiceDelta:
     """New output of one choice since the previous delta (cumulative counts)."""
@@ -121,7 +135,10 @@ class ChoiceDelta:
     text: str
     num_tokens: int
     finish_reason: str | None = None
-    trace_rows: list[dict] = field(default_factory=list)
+    trace_rows: list[StepRow] = field(default_factory=list)
+    """V-Reason rows of this choice not delivered before (traced requests)."""
+    trace_summary: TraceSummary | None = None
+    """On the choice's last delta of a traced request: the worker's own counts."""
     logprobs: list[TokenLogprob] | None = None
     """Per new token when the request asked for logprobs, else None."""
     stop_reason: int | str | None = None
@@ -157,6 +174,14 @@ class Usage:
 # A client fault found while preparing the request (maps to HTTP 4xx): the server's one
 # client-error type under the name the engine layer has always used.
 EngineClientError = ClientError
+
+
+class RequestFailed(EngineClientError):
+    """The server failed this one request (its V-Reason controller raised): HTTP 500. Every other
+    request is unaffected."""
+
+    def __init__(self, message: str, *, code: str):
+        super().__init__(message, code=code, status=500)
 
 
 class EngineUnavailable(Exception):

@@ -15,14 +15,16 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
+from vreason.server.wire import (CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, NO_SLOT, POSITIONS_KEY, REQUEST_TAG_KEY,
+                                 SLOTS_KEY)
 from vreason.server.video import FetchPolicy, SamplingSpec, VideoError, VideoLimits, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
 from .scheduler_stats import scheduler_stats_logger
+from .support import vllm_config_reasons
 from .traces import TraceHub
 from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
-                    Message, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
+                    Message, RequestFailed, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
 
 logger = logging.getLogger("vreason.engine")
 
@@ -56,10 +58,31 @@ class EngineConfig:
     cap_frames: bool = True
     """A frame count above video_limits.max_frames is sampled at the cap (False: 400)."""
     enforce_eager: bool = False
+    speculative_config: dict | None = None
+    """vLLM's --speculative-config, passed through (V-Reason is then unavailable)."""
+    vreason_required: bool = False
+    """Refuse to start when V-Reason cannot run on this deployment (`--vreason on`); otherwise
+    the server starts with V-Reason disabled, says why, and answers controlled requests 400."""
+    vreason_max_controlled: int | None = None
+    """Controller slots: controlled sequences (choices) at once; more get 429. None: max_num_seqs."""
+    vreason_max_video_tokens: int | None = None
+    """Controlled positions (video tokens) one request may have; more get 400. None: max_model_len."""
 
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def vreason_slots(self) -> int:
+        return self.vreason_max_controlled or self.max_num_seqs
+
+    @property
+    def vreason_positions(self) -> int:
+        return self.vreason_max_video_tokens or self.max_model_len
+
+
+class VReasonUnavailable(RuntimeError):
+    """`--vreason on` on a deployment where V-Reason cannot run: the server refuses to start."""
 
 
 _SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingOptions))
@@ -84,6 +107,8 @@ def _engine_args(cfg: EngineConfig):
         enable_prefix_caching=cfg.enable_prefix_caching,
         generation_config=cfg.generation_config, max_logprobs=cfg.max_logprobs,
         worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
+        additional_config={SLOTS_KEY: cfg.vreason_slots, POSITIONS_KEY: cfg.vreason_positions},
+        speculative_config=cfg.speculative_config,
     )
     if cfg.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -103,19 +128,49 @@ class VllmEngine:
         self._scheduler: dict[int, dict] = {}
         self._defaults: dict = {}  # the model's sampling defaults (vLLM's get_diff_sampling_param)
         self._tokenizer = None
+        self.vreason_unavailable: tuple[str, ...] = ()
+        """Why V-Reason cannot run on this deployment (empty: it can)."""
+        self._controlled = 0  # controller slots held by admitted requests (one per choice)
+        self._children: dict[str, list[str]] = {}  # our request id -> its engine requests (controlled)
 
     async def start(self) -> None:
+        """Check the deployment, start vLLM, then read the worker's own checks of the loaded model."""
         from transformers import AutoProcessor
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.traces.start()
         self._processor = AutoProcessor.from_pretrained(self.cfg.model)
-        self._llm = AsyncLLM.from_engine_args(_engine_args(self.cfg),
-                                              stat_loggers=[scheduler_stats_logger(self._scheduler)])
+        vllm_config = _engine_args(self.cfg).create_engine_config()
+        reasons = vllm_config_reasons(vllm_config)
+        self._refuse_if_required(reasons)
+        if reasons:
+            vllm_config.additional_config[DISABLED_KEY] = list(reasons)
+        self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[scheduler_stats_logger(self._scheduler)])
         self._defaults = self._llm.model_config.get_diff_sampling_param()
-        self._tokenizer = self._processor.tokenizer
+        self._tokenizer = getattr(self._processor, "tokenizer", self._processor)
         logger.info("default sampling parameters (--generation-config %s): %s", self.cfg.generation_config,
                     self._defaults or "vLLM's neutral defaults")
+        worker = await self.stats()
+        self.vreason_unavailable = tuple(worker.get("unavailable", reasons))
+        if self.vreason_unavailable:
+            self._refuse_if_required(self.vreason_unavailable)
+            logger.warning("V-Reason is DISABLED on this server (plain requests are served; requests asking for "
+                           "vreason get 400 vreason_unavailable): %s", "; ".join(self.vreason_unavailable))
+        else:
+            logger.info("V-Reason available: %d controller slots x %d video tokens, slab %.1f MiB, update "
+                        "transients at most %.1f MiB", worker["slab_slots"], worker["slab_max_positions"],
+                        worker["slab_bytes"] / 2**20, worker["update_transient_bytes_max"] / 2**20)
+
+    def _refuse_if_required(self, reasons: tuple[str, ...]) -> None:
+        if reasons and self.cfg.vreason_required:
+            message = ("V-Reason cannot run on this deployment, and --vreason on requires it: "
+                       + "; ".join(reasons) + ". Change the flags named, or start with --vreason off to serve "
+                       "with V-Reason disabled.")
+            logger.error(message)
+            if self._llm is not None:
+                self._llm.shutdown()
+                self._llm = None
+            raise VReasonUnavailable(message)
 
     async def close(self) -> None:
         if self._llm is not None:
@@ -129,7 +184,9 @@ class VllmEngine:
     async def stats(self) -> dict:
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
-        return (await self._llm.collective_rpc("vreason_stats"))[0]
+        worker = (await self._llm.collective_rpc("vreason_stats"))[0]
+        return {**worker, "controlled_slots_admitted": self._controlled,
+                "orphan_records": self.traces.orphan_records}
 
     def metrics_snapshot(self) -> dict:
         """Scheduler numbers (summed over engines) and the workers' latest V-Reason stats."""
@@ -144,7 +201,7 @@ class VllmEngine:
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
-            await self._llm.abort(request_id)
+            await self._llm.abort(self._children.get(request_id, [request_id]))
 
     async def _prompt(self, request: GenerateRequest, usage: Usage) -> dict:
         chat, urls = _chat_for_template(request.messages)  # urls: a URL or a frame-URL list per video
@@ -159,6 +216,50 @@ class VllmEngine:
             videos = await self._load_videos(request, urls, usage)
             prompt["multi_modal_data"] = {"video": [(d.frames, d.metadata) for d in videos]}
         return prompt
+
+    def _video_tokens(self, frames) -> int:
+        """Video placeholder tokens vLLM's Qwen2.5-VL processor makes of these frames [T, H, W, C]:
+        frames resized to multiples of patch x merge within the processor's pixel bounds, padded
+        to whole temporal patches, merge x merge patches per token."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        vp = self._processor.video_processor
+        t, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+        factor = vp.patch_size * vp.merge_size
+        rh, rw = smart_resize(h, w, factor=factor, min_pixels=vp.size["shortest_edge"],
+                              max_pixels=vp.size["longest_edge"])
+        grid_t = max((t + (-t % vp.temporal_patch_size)) // vp.temporal_patch_size, 1)
+        return grid_t * (rh // vp.patch_size) * (rw // vp.patch_size) // vp.merge_size ** 2
+
+    def _check_vreason(self, request: GenerateRequest) -> None:
+        """A controlled request this server cannot control is refused before any work (400)."""
+        if self.vreason_unavailable:
+            raise EngineClientError("V-Reason is not available on this server: " + "; ".join(self.vreason_unavailable),
+                                    param="vreason", code="vreason_unavailable")
+        n, slots = request.sampling.n, self.cfg.vreason_slots
+        if n > slots:
+            raise EngineClientError(f"V-Reason with n={n} needs {n} controller slots, and this server has {slots} "
+                                    "(--vreason-max-controlled)", param="n", code="vreason_budget")
+
+    def _admit(self, request: GenerateRequest, prompt: dict) -> int:
+        """Reserve the request's controller slots (one per choice), or refuse it: 400 when it can
+        never fit, 429 while the slots are taken. Returns the slots reserved."""
+        videos = (prompt.get("multi_modal_data") or {}).get("video", [])
+        if request.vreason.targets in ("video", "visual"):
+            positions = sum(self._video_tokens(frames) for frames, _ in videos)
+            limit = self.cfg.vreason_positions
+            if positions > limit:
+                raise EngineClientError(
+                    f"V-Reason controls the request's {positions} video tokens, and this server allows at most "
+                    f"{limit} per request (--vreason-max-video-tokens): send fewer frames "
+                    "(mm_processor_kwargs.num_frames) or smaller ones (max_pixels)", param="messages",
+                    code="vreason_budget")
+        n, slots = request.sampling.n, self.cfg.vreason_slots
+        if self._controlled + n > slots:
+            raise EngineClientError(f"all {slots} V-Reason controller slots are in use; retry shortly",
+                                    param=None, code="vreason_busy", status=429)
+        self._controlled += n
+        return n
 
     async def _load_videos(self, request: GenerateRequest, urls: list, usage: Usage) -> list:
         """Decode each video (a URL, or a list of frame URLs) within the server's caps.
@@ -243,29 +344,40 @@ class VllmEngine:
 
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
+        controlled = request.vreason is not None and request.vreason.enabled
+        if controlled:
+            self._check_vreason(request)
         params = self._sampling_params(request)  # refuse bad sampling fields before decoding videos
         prompt = await self._prompt(request, usage)
-        traced = request.vreason is not None and request.vreason.enabled and request.vreason.trace
-        trace = self.traces.register(request.request_id, request.sampling.n) if traced else None
-        counts = [0] * request.sampling.n
+        reserved = self._admit(request, prompt) if controlled else 0
+        n = request.sampling.n
+        trace = self.traces.register(request.request_id, n) if controlled else None
+        traced = controlled and request.vreason.trace
+        counts = [0] * n
         try:
-            stream = self._llm.generate(prompt, params, request.request_id)
             started = False
             try:
-                async for out in stream:
+                async for index, out in self._outputs(request, prompt, params):
                     started = True
                     if out.prompt_token_ids is not None:
                         usage.prompt_tokens = len(out.prompt_token_ids)
                     for c in out.outputs:
-                        counts[c.index] += len(c.token_ids)
+                        i = index if index is not None else c.index
+                        counts[i] += len(c.token_ids)
                         usage.completion_tokens = sum(counts)
-                        delta = ChoiceDelta(c.index, c.text, counts[c.index], c.finish_reason,
-                                            stop_reason=c.stop_reason,
+                        delta = ChoiceDelta(i, c.text, counts[i], c.finish_reason, stop_reason=c.stop_reason,
                                             logprobs=self._logprobs(c, params.logprobs))
                         if trace is not None:
                             if c.finish_reason is not None:
-                                await trace.wait_for(c.index, counts[c.index], timeout=5.0)
-                            delta.trace_rows = trace.take(c.index, counts[c.index])
+                                end = await trace.wait_end(i, self.is_ready)
+                                if end is None:
+                                    logger.warning("request %s choice %d: no end of V-Reason trace from the "
+                                                   "worker", request.request_id, i)
+                                if traced:
+                                    delta.trace_summary = trace.summary(i, end)
+                            self._raise_if_failed(request, trace)
+                            if traced:
+                                delta.trace_rows = trace.take(i, counts[i])
                         yield delta
             except (ValueError, VLLMClientError) as e:  # vLLM's admission checks (prompt too long, ...)
                 if started:
@@ -273,14 +385,69 @@ class VllmEngine:
                 # vLLM names a request field (logit_bias, stop_token_ids, ...) or its own notion
                 # ("input_tokens": the prompt, i.e. the messages).
                 raise EngineClientError(str(e), param=_fault_param(e, request)) from e
+            except (EngineClientError, EngineUnavailable):
+                raise
             except Exception as e:
                 if self._llm is None or self._llm.errored:  # EngineDeadError and friends
                     raise EngineUnavailable("the inference engine has stopped") from e
                 raise
         finally:
+            self._controlled -= reserved
             if trace is not None:
                 self.traces.unregister(request.request_id)
 
+    def _raise_if_failed(self, request: GenerateRequest, trace) -> None:
+        """A controller that failed ends its whole request with an error (never a quiet 200)."""
+        end = trace.failure
+        if end is None:
+            return
+        what = "could not get a controller slot" if end.code == NO_SLOT else "failed"
+        raise RequestFailed(f"V-Reason {what} for this request (choice {end.choice}, at step {end.steps + 1}): "
+                            f"{end.error}. Other requests are not affected.", code=end.code)
+
+    async def _outputs(self, request: GenerateRequest, prompt: dict, params):
+        """vLLM's RequestOutputs as (choice index, output). A plain request is one engine request
+        (vLLM fans n out itself, index None: read it from the output). A controlled request is one
+        engine request per choice, each carrying its index for the worker, so the V-Reason records
+        name their choice explicitly; seeds follow vLLM's own rule for n > 1 (seed + index)."""
+        if request.vreason is None or not request.vreason.enabled:
+            async for out in self._llm.generate(prompt, params, request.request_id):
+                yield None, out
+            return
+        n = request.sampling.n
+        ids = [request.request_id] if n == 1 else [f"{request.request_id}-{i}" for i in range(n)]
+        self._children[request.request_id] = ids
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, rid: str) -> None:
+            child = params.clone()
+            child.n = 1
+            if params.seed is not None and n > 1:
+                child.seed = params.seed + i
+            child.extra_args = {**(params.extra_args or {}), CHOICE_KEY: i}
+            try:
+                async for out in self._llm.generate(prompt, child, rid):
+                    await queue.put((i, out))
+            except BaseException as e:  # noqa: BLE001 - handed to the reader
+                await queue.put((i, e))
+                return
+            await queue.put((i, None))
+
+        tasks = [asyncio.ensure_future(pump(i, rid)) for i, rid in enumerate(ids)]
+        try:
+            left = n
+            while left:
+                i, item = await queue.get()
+                if item is None:
+                    left -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._children.pop(request.request_id, None)
 
     def _logprobs(self, c, num_top: int | None) -> list[TokenLogprob] | None:
         """vLLM serve's chat logprobs for the new tokens of one CompletionOutput.

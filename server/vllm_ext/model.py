@@ -29,6 +29,16 @@ class VReasonQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         """vLLM's aux output k is the residual stream entering layer k: we need layer L's."""
         return (len(self.language_model.model.layers) - 1,)
 
+    def vreason_attention_backend(self) -> str:
+        """The name of layer L's attention backend (the overlay reads its paged-cache layout)."""
+        return self.language_model.model.layers[-1].self_attn.attn.attn_backend.get_name()
+
+    def vreason_tail_modules(self) -> dict:
+        """Layer L's tail linears and lm_head: the modules whose weights the controller reads."""
+        layer = self.language_model.model.layers[-1]
+        return {"o_proj": layer.self_attn.o_proj, "gate_up_proj": layer.mlp.gate_up_proj,
+                "down_proj": layer.mlp.down_proj, "lm_head": self.language_model.lm_head}
+
     def vreason_tail_weights(self) -> TailWeights:
         layer = self.language_model.model.layers[-1]
         vocab = self.config.get_text_config().vocab_size

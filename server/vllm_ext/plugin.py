@@ -7,7 +7,8 @@ request asks for V-Reason (it only records the last layer's inputs for the runne
 
 from __future__ import annotations
 
-ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
+from vreason.server.wire import ARCHITECTURE
+
 MODEL_CLASS = "vreason.server.vllm_ext.model:VReasonQwen2_5_VL"
 
 

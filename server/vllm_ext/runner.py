@@ -1,17 +1,26 @@
 """V-Reason in vLLM's V1 model runner: per-request controller slots, the overlay plan, the inner loop.
 
 Seams overridden (each counted in `vreason_calls`; tests check they keep firing):
-- `load_model`: asks for vLLM's auxiliary hidden-state outputs (the EAGLE3 mechanism) before
-  the model loads, and allocates the controller slab once.
-- `_update_states`: after vLLM's bookkeeping, drop the controllers of finished/aborted requests.
+- `load_model`: checks the loaded model (support.py), asks for vLLM's auxiliary hidden-state
+  outputs (the EAGLE3 mechanism) before the model loads, and allocates the controller slab once,
+  sized by the deployment's flags (additional_config, see server/wire.py).
+- `_update_states`: after vLLM's bookkeeping, drop the controllers of finished/aborted requests
+  and send each one's `RequestEnd`.
 - `_model_forward`: posts this step's overlay plan for layer L's wrapped attention impl
   (overlay.py), so the main forward itself produces the controlled logits.
 - `sample_tokens`: before sampling, run the controller step (updates use the main forward's
-  logits, attention output and weights, and the aux residual); after it, read the trace.
+  logits, attention output and weights, and the aux residual); after it, send the trace rows.
 
 A request gets a controller when the forward that ends its prefill runs (step t = 1) and loses
 it when vLLM reports it finished. The paged cache is never written by V-Reason, so
 prefix-cached blocks stay shared safely.
+
+Containment: nothing V-Reason does for one request may stop the engine or change another
+request. An exception in one request's part of the plan, the overlay or the controller step
+fails that request alone (`_vr_fail`: its slot is freed, it decodes on uncontrolled, and its
+`RequestEnd` carries the error, on which the front end aborts it and answers its client with
+an error). An exception that cannot be pinned on one request fails the controlled requests of
+that step; plain requests are never touched.
 """
 
 from __future__ import annotations
@@ -19,24 +28,23 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from vllm.logger import init_logger
 
 from vreason.server.controller import (ControllerSlab, ControllerState, UpdateInputs, VReasonParams,
                                        controller_step, tail_logits)
-from vreason.server.controller.params import EXTRA_ARGS_KEY, REQUEST_TAG_KEY
+from vreason.server.wire import (CHECK_ENV, CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, FAILED, NO_SLOT,
+                                 POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY, STATS_EVERY_S, RequestEnd,
+                                 StepRow, WorkerStats)
 
 from .overlay import OverlayPlan
 from .paged_cache import token_runs
+from .support import model_reasons
 from .trace_channel import TracePusher
 
 logger = init_logger("vllm.vreason")  # under vLLM's logger, so the worker's start-up log shows it
-
-CHECK_ENV = "VREASON_CHECK_OVERLAY"
-"""Set to 1 to compare the overlay and the tail with vLLM's own outputs while dV == 0 (tests)."""
-SLOTS_KEY, POSITIONS_KEY = "vreason_slots", "vreason_max_positions"
-"""Keys of vLLM's `additional_config` that size the slab (defaults: max_num_seqs x max_model_len)."""
 
 
 def compilation_summary(vllm_config) -> str:
@@ -47,6 +55,15 @@ def compilation_summary(vllm_config) -> str:
     return f"compilation mode {mode}, cudagraph mode {graphs}"
 
 
+@dataclass(frozen=True)
+class Controlled:
+    """A request that asked for V-Reason, as the runner saw it first (from its extra_args)."""
+
+    params: VReasonParams
+    tag: str
+    choice: int
+
+
 class VReasonRunnerMixin:
     """Mixed in front of vLLM's V1 GPUModelRunner or CPUModelRunner."""
 
@@ -55,92 +72,207 @@ class VReasonRunnerMixin:
         self.vreason_calls: Counter[str] = Counter()
         self.vreason_states: dict[str, ControllerState] = {}
         self.vreason_totals: Counter[str] = Counter()
-        self._vr_params: dict[str, VReasonParams | None] = {}
+        self.vreason_unavailable: tuple[str, ...] = ()
+        self._vr_requests: dict[str, Controlled | None] = {}  # None: not controlled (or no longer)
         self._vr_pusher = TracePusher()
         self._vr_tail = None
         self._vr_slab: ControllerSlab | None = None
         self._vr_rows: list[tuple[int, ControllerState]] = []
         self._vr_last_plan: OverlayPlan | None = None
+        self._vr_ends: list[RequestEnd] = []
+        self._vr_step_seconds: list[float] = []
+        self._vr_stats_at = 0.0
         self._vr_check = os.environ.get(CHECK_ENV) == "1"
         self.vreason_max_overlay_error = 0.0
         self.vreason_max_tail_error = 0.0
 
+    # -- seams ---------------------------------------------------------------------------------
+
     def load_model(self, *args, **kwargs):
         self.vreason_calls["load_model"] += 1
-        self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks the layer)
+        extra = self.vllm_config.additional_config or {}
+        disabled = tuple(extra.get(DISABLED_KEY, ()))
+        if not disabled:
+            self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks it)
         out = super().load_model(*args, **kwargs)
         model = self.get_model()
+        if not disabled:
+            tail = model.vreason_tail_modules() if hasattr(model, "vreason_tail_modules") else None
+            backend = model.vreason_attention_backend() if tail is not None else None
+            disabled = model_reasons(model, backend, tail)
+        self.vreason_unavailable = disabled
+        if disabled:
+            logger.warning("V-Reason is disabled on this deployment (plain requests are served as usual): %s",
+                           "; ".join(disabled))
+            return out
         cfg = self.model_config.hf_config.get_text_config()
-        extra = self.vllm_config.additional_config or {}
         slots = int(extra.get(SLOTS_KEY, self.scheduler_config.max_num_seqs))
         positions = int(extra.get(POSITIONS_KEY, self.model_config.max_model_len))
         overlay = model.vreason_overlay
-        head_dim = overlay.head_dim
-        self._vr_slab = ControllerSlab(slots, positions, overlay.num_kv_heads, head_dim,
+        self._vr_slab = ControllerSlab(slots, positions, overlay.num_kv_heads, overlay.head_dim,
                                        self.kv_cache_dtype, self.device)
         overlay.slab = self._vr_slab
-        logger.info("V-Reason slab: %d slots x %d positions, %.1f MiB (%d layers, hidden %d); vLLM %s",
-                    slots, positions, self._vr_slab.nbytes() / 2**20, cfg.num_hidden_layers, cfg.hidden_size,
+        logger.info("V-Reason slab: %d slots x %d positions, %.1f MiB allocated (%.1f MiB per slot); update "
+                    "transients at most %.1f MiB (all slots updating); %d layers, hidden %d; vLLM %s",
+                    slots, positions, self._vr_slab.nbytes() / 2**20, self._vr_slab.bytes_per_slot() / 2**20,
+                    self._vr_transient_bytes(slots) / 2**20, cfg.num_hidden_layers, cfg.hidden_size,
                     compilation_summary(self.vllm_config))
+        if self.device.type == "cuda":
+            seconds = warm_up_kernels(self.device, overlay.num_heads, overlay.num_kv_heads, overlay.head_dim,
+                                      cfg.vocab_size, self.kv_cache_dtype)
+            logger.info("V-Reason: Triton kernels compiled and warmed up in %.1f s", seconds)
         return out
 
     def _update_states(self, scheduler_output):
         self.vreason_calls["_update_states"] += 1
         for req_id in scheduler_output.finished_req_ids:
-            self._vr_params.pop(req_id, None)
+            c = self._vr_requests.pop(req_id, None)
             s = self.vreason_states.pop(req_id, None)
             if s is not None:
                 s.release()
                 self.vreason_totals["freed"] += 1
+            if c is not None:
+                self._vr_end(c, s)
+        if self._vr_ends:
+            self._vr_send([])
         return super()._update_states(scheduler_output)
 
     def _model_forward(self, *args, **kwargs):
         self.vreason_calls["_model_forward"] += 1
-        overlay = self.get_model().vreason_overlay
-        overlay.plan = self._vr_plan()
+        overlay = getattr(self.get_model(), "vreason_overlay", None)
+        if overlay is None or self._vr_slab is None:
+            return super()._model_forward(*args, **kwargs)
+        overlay.plan = self._vr_plan_contained()
         try:
             return super()._model_forward(*args, **kwargs)
         finally:
             plan, overlay.plan = overlay.plan, None
             self._vr_last_plan = plan
-            if plan is not None and not plan.called:
-                raise RuntimeError("V-Reason: vLLM did not call layer L's attention impl during the forward")
+            if plan is not None:
+                if not plan.called:
+                    self._vr_fail_rows(RuntimeError("vLLM did not call layer L's attention impl in the forward"))
+                for j, e in plan.failed.items():
+                    self._vr_fail(plan.attend_states[j].req_id, e)
+                for s, e in plan.load_failed:
+                    self._vr_fail(s.req_id, e)
 
     @torch.inference_mode()
     def sample_tokens(self, grammar_output):
         self.vreason_calls["sample_tokens"] += 1
-        report = None
+        report, t0 = None, time.perf_counter()
         if self.execute_model_state is not None and self._vr_rows:
-            t0 = time.perf_counter()
-            report = self._vr_control()
+            try:
+                report = self._vr_control()
+            except Exception as e:  # noqa: BLE001 - not one request's: fail this step's controlled rows
+                self._vr_fail_rows(e)
             self._vr_rows = []
         out = super().sample_tokens(grammar_output)
         if report is not None:
-            report.finish()  # reads the trace values once, after the sampler
-            self._vr_report(report.rows, time.perf_counter() - t0)
+            try:
+                report.finish()  # reads the trace values once, after the sampler
+            except Exception as e:  # noqa: BLE001
+                self._vr_fail_rows(e, [s for s in report.rows])
+                report = None
+            if report is not None:
+                self._vr_after_step(report, time.perf_counter() - t0)
         return out
 
+    # -- stats ---------------------------------------------------------------------------------
+
     def vreason_stats(self) -> dict:
-        overlay = self.get_model().vreason_overlay
+        """Worker-side V-Reason state (collective_rpc target via the worker)."""
+        overlay = getattr(self.get_model(), "vreason_overlay", None)
         slab = self._vr_slab
-        return {"active_slots": len(self.vreason_states),
+        return {"available": not self.vreason_unavailable, "unavailable": list(self.vreason_unavailable),
+                "active_slots": len(self.vreason_states),
                 "controller_bytes": sum(s.nbytes() for s in self.vreason_states.values()),
                 "slab_bytes": slab.nbytes() if slab is not None else 0,
                 "slab_slots": slab.slots if slab is not None else 0,
+                "slab_free_slots": slab.free_slots() if slab is not None else 0,
+                "slab_max_positions": slab.max_positions if slab is not None else 0,
+                "update_transient_bytes_max": self._vr_transient_bytes(slab.slots) if slab is not None else 0,
                 "totals": dict(self.vreason_totals),
                 "max_overlay_error": self.vreason_max_overlay_error,
                 "max_tail_error": self.vreason_max_tail_error,
                 "checks": self._vr_check,
                 "compilation": compilation_summary(self.vllm_config),
-                "calls": {**self.vreason_calls, **overlay.calls}}
+                "calls": {**self.vreason_calls, **(overlay.calls if overlay is not None else {})}}
 
-    def _params_of(self, req_id: str) -> VReasonParams | None:
-        if req_id not in self._vr_params:
+    def _vr_transient_bytes(self, rows: int) -> int:
+        """Upper estimate of what an update step allocates beyond the slab when `rows` update.
+
+        Per updating row: the attention weights at the controlled positions [Hq, P], the value
+        gradient [P, Hkv, D] and the apply-now copy of o (fp32), the tail's activations
+        (hidden and 2x intermediate) and two vocabulary-sized rows (entropy gradient, logits);
+        once per step: one row's Adam outputs and Vn difference (4 x [P, Hkv, D] fp32), as Adam
+        runs one row at a time. The formula's one home; derived from the code, not measured.
+        """
+        slab = self._vr_slab
+        cfg = self.model_config.hf_config.get_text_config()
+        p, hkv, d = slab.max_positions, slab.v0.shape[2], slab.v0.shape[3]
+        hq = cfg.num_attention_heads
+        per_row = 4 * (hq * p + p * hkv * d + hq * d + 3 * cfg.hidden_size + 2 * cfg.intermediate_size
+                       + 2 * cfg.vocab_size)
+        return rows * per_row + 4 * 4 * p * hkv * d
+
+    # -- per-request bookkeeping ---------------------------------------------------------------
+
+    def _controlled(self, req_id: str) -> Controlled | None:
+        if req_id not in self._vr_requests:
             extra = self.requests[req_id].sampling_params.extra_args or {}
             raw = extra.get(EXTRA_ARGS_KEY)
             params = VReasonParams.from_dict(raw) if raw is not None else None
-            self._vr_params[req_id] = params if params is not None and params.enabled else None
-        return self._vr_params[req_id]
+            self._vr_requests[req_id] = (Controlled(params, str(extra.get(REQUEST_TAG_KEY, req_id)),
+                                                    int(extra.get(CHOICE_KEY, 0)))
+                                         if params is not None and params.enabled else None)
+        return self._vr_requests[req_id]
+
+    def _controlled_fallback(self, req_id: str) -> Controlled:
+        """For a request whose options the worker cannot read: enough to end it by its tag."""
+        extra = self.requests[req_id].sampling_params.extra_args or {}
+        return Controlled(VReasonParams(), str(extra.get(REQUEST_TAG_KEY, req_id)), int(extra.get(CHOICE_KEY, 0)))
+
+    def _vr_end(self, c: Controlled, s: ControllerState | None, code: str | None = None,
+                error: str | None = None) -> None:
+        if s is None:
+            self._vr_ends.append(RequestEnd(c.tag, c.choice, 0, 0, 0, 0, None, 0, code, error))
+            return
+        self._vr_ends.append(RequestEnd(c.tag, c.choice, s.rows_sent, s.switch.t, s.updates, s.skipped_updates,
+                                        s.switch.peak_step, s.num_positions, code, error))
+
+    def _vr_fail(self, req_id: str, e: BaseException, code: str = FAILED) -> None:
+        """End one request's V-Reason with an error; it decodes on uncontrolled until the front
+        end, told by its RequestEnd, aborts it. Never raises."""
+        c = self._vr_requests.get(req_id)
+        if c is None:
+            return  # already failed in this step, or not controlled
+        self._vr_requests[req_id] = None
+        s = self.vreason_states.pop(req_id, None)
+        if s is not None:
+            s.release()
+        self.vreason_totals["failed" if code == FAILED else "refused_no_slot"] += 1
+        message = f"{type(e).__name__}: {e}"
+        if code == FAILED:
+            logger.error("V-Reason failed for request %s (it alone is ended with an error): %s", c.tag, message,
+                         exc_info=(type(e), e, e.__traceback__))
+        else:
+            logger.warning("V-Reason: request %s refused: %s", c.tag, message)
+        self._vr_end(c, s, code, message)
+        self._vr_rows = [(i, r) for i, r in self._vr_rows if r.req_id != req_id]
+
+    def _vr_fail_rows(self, e: BaseException, states: list[ControllerState] | None = None) -> None:
+        for s in states if states is not None else [s for _, s in self._vr_rows]:
+            self._vr_fail(s.req_id, e)
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def _vr_plan_contained(self) -> OverlayPlan | None:
+        try:
+            return self._vr_plan()
+        except Exception as e:  # noqa: BLE001
+            self._vr_fail_rows(e)
+            self._vr_rows = []
+            return None
 
     def _vr_plan(self) -> OverlayPlan | None:
         """The controlled rows of this step (host bookkeeping only) and the plan for layer L."""
@@ -150,24 +282,31 @@ class VReasonRunnerMixin:
         self._vr_rows = []
         attend, loads = [], []
         for i, r in enumerate(req_ids):
-            if discard[i] or self._params_of(r) is None:
+            if discard[i]:
                 continue
-            s = self.vreason_states.get(r)
-            if s is None:
-                s = self._vr_create(r)
-                if s is None:
+            try:
+                c = self._controlled(r)
+                if c is None:
                     continue
-            if not s.loaded:
-                positions = [torch.arange(a, a + n) for a, n in s.runs]
-                positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
-                loads.append((s, i, positions.to(self.device)))
+                s = self.vreason_states.get(r)
+                if s is None:
+                    s = self._vr_create(r, c)
+                    if s is None:
+                        continue
+                if not s.loaded:
+                    positions = [torch.arange(a, a + n) for a, n in s.runs]
+                    positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+                    loads.append((s, i, positions.to(self.device)))
+            except Exception as e:  # noqa: BLE001 - this request's own bookkeeping
+                if r not in self._vr_requests:  # its options did not parse: end it by its tag
+                    self._vr_requests[r] = self._controlled_fallback(r)
+                self._vr_fail(r, e)
+                continue
             self._vr_rows.append((i, s))
             if s.has_offset or s.updates_at_next_step():
                 attend.append((i, s))
         if not self._vr_rows:
             return None
-        if self.speculative_config is not None:
-            raise RuntimeError("V-Reason does not support speculative decoding")
         k, runs = len(attend), max([1] + [len(s.runs) for _, s in attend])
         start = torch.zeros(k, runs, dtype=torch.int32)
         length = torch.zeros(k, runs, dtype=torch.int32)
@@ -186,23 +325,23 @@ class VReasonRunnerMixin:
             fresh=dev([j for j, (_, s) in enumerate(attend) if not s.has_offset]),
             loads=loads, check=self._vr_check, attend_states=[s for _, s in attend])
 
-    def _vr_create(self, req_id: str) -> ControllerState | None:
-        params = self._params_of(req_id)
+    def _vr_create(self, req_id: str, c: Controlled) -> ControllerState | None:
         cfg = self.model_config.hf_config
         prompt = self.requests[req_id].prompt_token_ids
         visual = {cfg.video_token_id, cfg.image_token_id}
         # "text" (every prompt token that is not a visual pad) extends the method (docs/design.md)
         targets = {"video": {cfg.video_token_id}, "image": {cfg.image_token_id}, "visual": visual,
-                   "text": set(prompt) - visual}[params.targets]
+                   "text": set(prompt) - visual}[c.params.targets]
         runs = token_runs(prompt, targets)
-        s = ControllerState.create(req_id, params, runs, self._vr_slab)
+        s = ControllerState.create(req_id, c.params, runs, self._vr_slab)
         if s is None:
-            # Fail-closed admission (429 before scheduling) is the front end's job; here the
-            # request runs uncontrolled and the refusal is counted and logged, never silent.
-            self.vreason_totals["refused_no_slot"] += 1
-            logger.warning("V-Reason: no controller slot for request %s (%d positions); it runs uncontrolled",
-                           req_id, sum(n for _, n in runs))
-            self._vr_params[req_id] = None
+            # The front end admits controlled requests within the slab's budget, so this is a
+            # disagreement between its count and ours: the request is refused, never run uncontrolled.
+            p = sum(n for _, n in runs)
+            slab = self._vr_slab
+            self._vr_fail(req_id, RuntimeError(
+                f"no controller slot fits ({p} controlled positions, {slab.max_positions} per slot; "
+                f"{slab.free_slots()} of {slab.slots} slots free)"), code=NO_SLOT)
             return None
         self.vreason_states[req_id] = s
         self.vreason_totals["created"] += 1
@@ -221,7 +360,7 @@ class VReasonRunnerMixin:
         updating = [k for k, s in enumerate(rows) if s.updates_at_next_step()]
         if updating:
             if state.aux_hidden_states is None:
-                raise RuntimeError("V-Reason: vLLM returned no auxiliary hidden states")
+                raise RuntimeError("vLLM returned no auxiliary hidden states")
             self.vreason_calls["aux_hidden_states"] += 1
             where = {id(s): j for j, s in enumerate(plan.attend_states)}
             j = torch.tensor([where[id(rows[k])] for k in updating]).to(plan.o.device, non_blocking=True)
@@ -229,10 +368,12 @@ class VReasonRunnerMixin:
             upd = UpdateInputs(updating, plan.o[j], plan.a[j], residual)
             if self._vr_check:
                 self._vr_check_tail(rows, updating, upd, logits)
-        if plan.checked:
+        if plan is not None and plan.checked:
             self.vreason_max_overlay_error = max(self.vreason_max_overlay_error, plan.max_error)
             self.vreason_totals["overlay_checks"] += plan.checked
         report = controller_step(rows, logits, upd, self._vr_tail)
+        for i, e in report.failed.items():
+            self._vr_fail(rows[i].req_id, e)
         if report.after:
             changed = list(report.after)
             state.logits[[batch_rows[k] for k in changed]] = logits[changed].to(state.logits.dtype)
@@ -247,17 +388,57 @@ class VReasonRunnerMixin:
             self.vreason_max_tail_error = max(self.vreason_max_tail_error, err)
             self.vreason_totals["tail_checks"] += len(fresh)
 
-    def _vr_report(self, states: list[ControllerState], seconds: float) -> None:
-        rows = []
-        for s in states:
-            last = s.trace[-1]
-            self.vreason_totals["updates"] += int(last["updated"])
-            self.vreason_totals["skipped_updates"] += int(last.get("skipped", False))
-            if s.params.trace:
-                tag = (self.requests[s.req_id].sampling_params.extra_args or {}).get(REQUEST_TAG_KEY)
-                rows.append([tag, s.req_id, s.switch.t, last])
-            if not s.params.trace:
-                s.trace.clear()  # the trace is only kept for requests that return it
-        stats = {"step_seconds": seconds, "rows": len(states), **self.vreason_stats()}
-        del stats["calls"]
-        self._vr_pusher.send(rows, stats)
+    def _vr_after_step(self, report, seconds: float) -> None:
+        """Count the step, and send the rows of traced requests (nothing for untraced ones)."""
+        rows: list[tuple[str, int, StepRow]] = []
+        for i, row in report.step_rows.items():
+            s = report.rows[i]
+            self.vreason_totals["updates"] += int(row.updated)
+            self.vreason_totals["skipped_updates"] += int(row.skipped)
+            c = self._vr_requests.get(s.req_id)
+            if c is not None and s.params.trace:
+                rows.append((c.tag, c.choice, row))
+                s.rows_sent += 1
+        if len(self._vr_step_seconds) < 10_000:
+            self._vr_step_seconds.append(seconds)
+        self._vr_send(rows)
+
+    def _vr_send(self, rows: list) -> None:
+        now = time.monotonic()
+        stats = None
+        if now - self._vr_stats_at >= STATS_EVERY_S:
+            self._vr_stats_at = now
+            stats = self.vreason_stats()
+            del stats["calls"]
+            stats["step_seconds"], self._vr_step_seconds = self._vr_step_seconds, []
+            stats = WorkerStats(stats)
+        ends, self._vr_ends = self._vr_ends, []
+        if rows or ends or stats is not None:
+            try:
+                self._vr_pusher.send(rows, ends, stats)
+            except Exception:  # noqa: BLE001 - the channel must never stop the engine
+                logger.exception("V-Reason: could not send on the trace channel")
+
+
+def warm_up_kernels(device, num_heads: int, num_kv_heads: int, head_dim: int, vocab: int,
+                    cache_dtype: torch.dtype) -> float:
+    """Run each kernel once on tiny inputs with the deployment's head shapes, so Triton compiles
+    at start-up (GPU) and not on the first controlled request; returns the seconds it took."""
+    from vreason.kernels import controlled_attention, controller_update, entropy_grad
+
+    t0 = time.perf_counter()
+    f32 = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=device)  # noqa: E731
+    i32 = lambda *shape, fill=0: torch.full(shape, fill, dtype=torch.int32, device=device)  # noqa: E731
+    entropy_grad(f32(1, vocab), f32(1) + 1)
+    n = 2 * num_kv_heads
+    controller_update(f32(n, head_dim), f32(n, head_dim), f32(n, head_dim), f32(n, head_dim) + 1,
+                      f32(n, head_dim), i32(n, fill=1), f32(n) + 1e-3, norm_restore=True)
+    block = 16
+    cache = torch.zeros(1, num_kv_heads, block, head_dim, dtype=cache_dtype, device=device)
+    controlled_attention(torch.zeros(1, num_heads, head_dim, dtype=cache_dtype, device=device), cache, cache,
+                         i32(1, 1), i32(1, fill=4), i32(1, 1), i32(1, 1, fill=2),
+                         torch.zeros(1, num_kv_heads, 2, head_dim, dtype=cache_dtype, device=device),
+                         head_dim ** -0.5)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

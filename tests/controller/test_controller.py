@@ -174,6 +174,8 @@ def _run_step(rows, w):
         inputs = UpdateInputs(upd, torch.stack([o_now[i] for i in upd]), a, torch.stack([rows[i][3] for i in upd]))
     report = controller_step([r[0] for r in rows], logits, inputs, w)
     report.finish()
+    for i, row in report.step_rows.items():
+        rows[i][0].__dict__.setdefault("history", []).append(row)  # this test's record of the rows
     return logits, report
 
 
@@ -192,7 +194,7 @@ def test_batched_step_matches_eager_loop(knobs):
     for _ in range(1, 8):
         _run_step(rows, w)
     for (s, *_), (hs, delta) in zip(rows, refs):
-        assert [r["entropy"] for r in s.trace] == pytest.approx(hs, abs=1e-4)
+        assert [r.entropy for r in s.history] == pytest.approx(hs, abs=1e-4)
         assert torch.allclose(s.delta, delta, atol=1e-5)
         assert torch.allclose(s.vn, controlled_values(s.v0, s.delta, params.norm_restore), atol=1e-6)
         assert s.updates == 7 // params.update_every
@@ -205,9 +207,9 @@ def test_apply_now_logits_are_the_updated_forward():
     s, c, a, res = _row(slab, 5, 6, VReasonParams(update_every=1, lr=0.3))
     logits, report = _run_step([(s, c, a, res)], w)
     expect = tail_reference(_attention(c, a, s.vn)[None], res[None], w)
-    assert s.trace[-1]["updated"] is True
+    assert s.last_row.updated is True
     assert torch.allclose(logits, expect, atol=1e-5)
-    assert s.trace[-1]["entropy_after"] == pytest.approx(entropy(expect).item(), abs=1e-5)
+    assert s.last_row.entropy_after == pytest.approx(entropy(expect).item(), abs=1e-5)
 
 
 def test_nan_skips_update_and_is_counted():
@@ -217,7 +219,7 @@ def test_nan_skips_update_and_is_counted():
     before = s.vn.clone()
     _run_step([(s, c, a, res)], w)
     assert s.skipped_updates == 1 and s.updates == 0 and torch.count_nonzero(s.delta) == 0
-    assert s.trace[-1]["skipped"] is True and torch.equal(s.vn, before) and s.adam_step == 0
+    assert s.last_row.skipped is True and torch.equal(s.vn, before) and s.adam_step == 0
 
 
 def test_slab_slots_are_reused_and_state_bytes_formula():
@@ -232,3 +234,41 @@ def test_slab_slots_are_reused_and_state_bytes_formula():
     assert u is None  # more positions than a slot holds
     u = ControllerState.create("y", VReasonParams(), [(0, 2)], slab)
     assert u.slot == s.slot and id(slab.delta) == first
+
+
+def test_one_failing_row_fails_alone_and_the_others_match_a_solo_run():
+    """Containment: an exception in one request's update (the fail_at_step knob raises inside the
+    batched gradient) fails that row only; the batch is retried row by row, and the other rows end
+    exactly as when they run without it."""
+    w = make_weights()
+    good, bad = VReasonParams(lr=0.2, update_every=2), VReasonParams(lr=0.2, update_every=2, fail_at_step=2)
+    slab = _slab()
+    batch = [_row(slab, 1, 5, good), _row(slab, 2, 6, bad), _row(slab, 3, 7, good)]
+    solo_slab = _slab()
+    solo = [_row(solo_slab, 1, 5, good), _row(solo_slab, 3, 7, good)]
+    failed_at = None
+    for step in range(1, 5):
+        live = [r for r in batch if r[0].slot >= 0]
+        _, report = _run_step(live, w)
+        _run_step(solo, w)
+        for i, e in report.failed.items():
+            assert "fail_at_step" in str(e) and live[i][0] is batch[1][0]
+            failed_at = step
+            live[i][0].slot = -1  # the runner releases a failed request
+    assert failed_at == 2
+    for (s, *_), (ref, *_) in zip([batch[0], batch[2]], solo):
+        # the same maths, batched differently (one row alone after the retry): fp32 rounding only
+        assert [r.entropy for r in s.history] == pytest.approx([r.entropy for r in ref.history], abs=1e-5)
+        assert torch.allclose(s.delta, ref.delta, atol=1e-6) and s.updates == ref.updates == 2
+    assert len(batch[1][0].history) == 1  # step 1 only: no row for the failed step
+
+
+def test_fail_at_step_must_be_an_update_step():
+    with pytest.raises(ParamError, match="fail_at_step"):
+        VReasonParams(update_every=2, fail_at_step=3)
+
+
+def test_test_knobs_are_unknown_options_unless_enabled():
+    with pytest.raises(ParamError, match="unknown vreason option"):
+        VReasonParams.from_dict({"force_alpha": 1}, test_knobs=False)
+    assert VReasonParams.from_dict({"force_alpha": 1}).force_alpha == 1

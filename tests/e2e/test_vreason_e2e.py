@@ -35,7 +35,8 @@ def test_disabled_is_identical_to_plain(client, server, url):
 def test_trace_shape_and_update_schedule(client, server, url):
     r = ask(client, server, url, vreason={"trace": True, "update_every": 3, "steps": 2}, max_tokens=20)
     tr = r.model_extra["vreason"]
-    assert set(tr) == {"updates", "skipped_updates", "peak_step", "steps"}
+    assert set(tr) == {"updates", "skipped_updates", "peak_step", "controlled_positions", "complete", "steps"}
+    assert tr["complete"] is True and tr["controlled_positions"] > 0
     assert len(tr["steps"]) == r.usage.completion_tokens
     assert [s["updated"] for s in tr["steps"]] == [t % 3 == 0 for t in range(1, len(tr["steps"]) + 1)]
     assert tr["updates"] == sum(s["updated"] for s in tr["steps"]) and tr["skipped_updates"] == 0

@@ -6,7 +6,8 @@ import asyncio
 
 import httpx
 
-from vreason.server.engine.types import ChoiceDelta, Usage
+from vreason.server.engine.types import ChoiceDelta, TraceSummary, Usage
+from vreason.server.wire import StepRow
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -14,7 +15,8 @@ BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 class FakeEngine:
     """Yields `words` as the deltas of one choice: a string is one token, a tuple of strings is
     one delta of several tokens (with per-token `token_texts`, as the real engine sends when
-    vLLM hands over several tokens at once). Trace rows: one per token t, entropy t."""
+    vLLM hands over several tokens at once). Trace rows: one per token t, entropy t; the last
+    delta of a traced request carries a summary."""
 
     model_name = "fake"
     max_model_len = 128
@@ -38,11 +40,12 @@ class FakeEngine:
             pieces = (word,) if isinstance(word, str) else tuple(word)
             first, n = n + 1, n + len(pieces)
             usage.completion_tokens = n
-            rows = [{"entropy": 1.0 * t, "ema": 0.1 * t, "alpha": 1.0, "updated": t == 2}
-                    for t in range(first, n + 1)]
-            yield ChoiceDelta(0, "".join(pieces), n, "stop" if i == len(self.words) else None,
-                              trace_rows=rows if request.vreason and request.vreason.trace else [],
-                              token_texts=pieces if len(pieces) > 1 else None)
+            rows = [StepRow(t, 1.0 * t, 0.1 * t, 1.0, t == 2) for t in range(first, n + 1)]
+            last = i == len(self.words)
+            traced = bool(request.vreason and request.vreason.trace)
+            summary = TraceSummary(1, 0, 2, True, positions=4) if traced and last else None
+            yield ChoiceDelta(0, "".join(pieces), n, "stop" if last else None, trace_rows=rows if traced else [],
+                              trace_summary=summary, token_texts=pieces if len(pieces) > 1 else None)
 
     async def abort(self, request_id):
         self.aborted.append(request_id)

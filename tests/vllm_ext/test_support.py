@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vreason.server.vllm_ext.support import ARCHITECTURE, config_reasons, model_reasons
+from vreason.server.engine.support import config_reasons
+from vreason.server.vllm_ext.support import model_reasons
+from vreason.server.wire import ARCHITECTURE
 
 
 @pytest.fixture(scope="module")
