@@ -29,6 +29,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _config(cls, args, **named_otherwise):
+    """A command's config from the parsed flags named like its fields, plus the ones named (or
+    shaped) otherwise."""
+    from dataclasses import fields
+
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **named_otherwise})
+
+
 def cmd_eval(args) -> int:
     """Run (or resume) an evaluation and print its summary tables; exit 1 if some items failed."""
     from vreason.clients.eval.dataset import DatasetError
@@ -40,24 +49,8 @@ def cmd_eval(args) -> int:
         for k, v in (("fps", args.fps), ("num_frames", args.num_frames), ("max_pixels", args.max_pixels))
         if v is not None
     }
-    cfg = EvalConfig(
-        base_url=args.base_url,
-        model=args.model,
-        modes=("off", "on") if args.compare else (args.mode,),
-        baseline=args.baseline,
-        vreason_options=args.vreason_options,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        concurrency=args.concurrency,
-        limit=args.limit,
-        video_mode=args.video_mode,
-        mm_processor_kwargs=mm,
-        timeout_s=args.timeout,
-        retries=args.retries,
-        api_key=args.api_key,
-        progress=not args.no_progress,
-    )
+    cfg = _config(EvalConfig, args, modes=("off", "on") if args.compare else (args.mode,),
+                  mm_processor_kwargs=mm, timeout_s=args.timeout, progress=not args.no_progress)
     if "off" in cfg.modes and cfg.baseline == "observe" and cfg.max_tokens >= 4096:
         print(
             "warning: with max_tokens >= 4096 the observe-only baseline may update at token 4096",
@@ -114,23 +107,7 @@ def cmd_bench(args) -> int:
     """Run the load generator and print its Markdown table; exit 1 if any request failed."""
     from vreason.clients.bench import BenchConfig, bench_table, run_bench
 
-    cfg = BenchConfig(
-        base_url=args.base_url,
-        base_url_b=args.base_url_b,
-        model=args.model,
-        model_b=args.model_b,
-        requests=args.requests,
-        concurrency=tuple(args.concurrency),
-        vreason_on=args.vreason_on,
-        vreason_options=args.vreason_options,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        video=args.video,
-        video_mode=args.video_mode,
-        prompt=args.prompt,
-        warmup=args.warmup,
-        timeout_s=args.timeout,
-    )
+    cfg = _config(BenchConfig, args, concurrency=tuple(args.concurrency), timeout_s=args.timeout)
     import httpx
 
     try:
