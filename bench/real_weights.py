@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from serving import start_server  # bench/serving.py: a script's own folder is on sys.path
 
 PROMPTS = [
     "Describe what happens in this video.", "What colour is the moving shape?", "How many objects are in the video?",
@@ -53,31 +53,13 @@ SETTINGS = [  # name, vreason object (None: off)
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, media: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "vreason"), "serve", "--model", str(model), "--port", str(port),
-           "--dtype", "float32", "--max-num-seqs", "8", "--allowed-local-media-path", str(media),
-           "--served-model-name", "bench", "--log-format", "text"]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited during start-up; see {log}")
-        time.sleep(1)
-    proc.kill()
-    raise SystemExit("server did not become healthy")
+def start(model: Path, media: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    args = ["--model", str(model), "--dtype", "float32", "--max-num-seqs", "8", "--allowed-local-media-path",
+            str(media), "--served-model-name", "bench", "--log-format", "text"]
+    try:
+        return start_server(args, log.open("w"), timeout_s=900)
+    except SystemExit as e:
+        raise SystemExit(f"{e}; see {log}") from None
 
 
 async def ask(client: httpx.AsyncClient, url: str, video: str, prompt: str, vreason: dict | None,
@@ -188,7 +170,7 @@ def main() -> int:
     prompts = PROMPTS[:args.prompts]
     with tempfile.TemporaryDirectory() as media:
         write_moving_shapes_mp4(Path(media) / "shapes.mp4")
-        proc, url = start_server(model, Path(media), args.out / "server.log")
+        proc, url = start(model, Path(media), args.out / "server.log")
         try:
             t0 = time.time()
             all_results = {}

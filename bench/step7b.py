@@ -87,8 +87,9 @@ def make_weights(device):
 
 def weight_bytes(w) -> dict[str, int]:
     b = lambda t: t.numel() * t.element_size()  # noqa: E731
+    tail = (w.o_proj, w.post_norm, w.gate_up, w.down, w.final_norm, w.lm_head)
     return {"o_proj": b(w.o_proj), "gate_up": b(w.gate_up), "down": b(w.down), "lm_head": b(w.lm_head),
-            "tail": w.nbytes()}
+            "tail": sum(b(t) for t in tail)}
 
 
 class Batch:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,34 +19,13 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving import start_server  # bench/serving.py: a script's own folder is on sys.path
 
 
-def start_server(model: str | None, media: Path, max_num_seqs: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "vreason"), "serve", "--port", str(port), "--dtype", "float32",
-           "--max-num-seqs", str(max_num_seqs), "--allowed-local-media-path", str(media),
-           "--served-model-name", "bench"]
-    if model:
-        cmd += ["--model", model]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("server exited during start-up")
-        time.sleep(1)
-    proc.kill()
-    raise SystemExit("server did not become healthy")
+def start(model: str | None, media: Path, max_num_seqs: int) -> tuple[subprocess.Popen, str]:
+    args = ["--dtype", "float32", "--max-num-seqs", str(max_num_seqs), "--allowed-local-media-path", str(media),
+            "--served-model-name", "bench", *(["--model", model] if model else [])]
+    return start_server(args, subprocess.DEVNULL, timeout_s=600)
 
 
 async def run_level(url: str, video_url: str, concurrency: int, requests: int, max_tokens: int,
@@ -77,7 +54,7 @@ async def main_async(args) -> None:
 
     media = Path(tempfile.mkdtemp(prefix="vreason-bench-"))
     video = write_moving_shapes_mp4(media / "clip.mp4")
-    proc, url = start_server(args.model, media, max(args.concurrency))
+    proc, url = start(args.model, media, max(args.concurrency))
     try:
         await run_level(url, f"file://{video}", 2, 2, 8, True)  # warm-up both paths
         await run_level(url, f"file://{video}", 2, 2, 8, False)

@@ -29,6 +29,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _config(cls, args, **named_otherwise):
+    """A command's config from the parsed flags named like its fields, plus the ones named (or
+    shaped) otherwise."""
+    from dataclasses import fields
+
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **named_otherwise})
+
+
 def cmd_eval(args) -> int:
     """Run (or resume) an evaluation and print its summary tables; exit 1 if some items failed."""
     from vreason.clients.eval.dataset import DatasetError
@@ -40,24 +49,8 @@ def cmd_eval(args) -> int:
         for k, v in (("fps", args.fps), ("num_frames", args.num_frames), ("max_pixels", args.max_pixels))
         if v is not None
     }
-    cfg = EvalConfig(
-        base_url=args.base_url,
-        model=args.model,
-        modes=("off", "on") if args.compare else (args.mode,),
-        baseline=args.baseline,
-        vreason_options=args.vreason_options,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        concurrency=args.concurrency,
-        limit=args.limit,
-        video_mode=args.video_mode,
-        mm_processor_kwargs=mm,
-        timeout_s=args.timeout,
-        retries=args.retries,
-        api_key=args.api_key,
-        progress=not args.no_progress,
-    )
+    cfg = _config(EvalConfig, args, modes=("off", "on") if args.compare else (args.mode,),
+                  mm_processor_kwargs=mm, timeout_s=args.timeout, progress=not args.no_progress)
     if "off" in cfg.modes and cfg.baseline == "observe" and cfg.max_tokens >= 4096:
         print(
             "warning: with max_tokens >= 4096 the observe-only baseline may update at token 4096",
@@ -114,23 +107,7 @@ def cmd_bench(args) -> int:
     """Run the load generator and print its Markdown table; exit 1 if any request failed."""
     from vreason.clients.bench import BenchConfig, bench_table, run_bench
 
-    cfg = BenchConfig(
-        base_url=args.base_url,
-        base_url_b=args.base_url_b,
-        model=args.model,
-        model_b=args.model_b,
-        requests=args.requests,
-        concurrency=tuple(args.concurrency),
-        vreason_on=args.vreason_on,
-        vreason_options=args.vreason_options,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        video=args.video,
-        video_mode=args.video_mode,
-        prompt=args.prompt,
-        warmup=args.warmup,
-        timeout_s=args.timeout,
-    )
+    cfg = _config(BenchConfig, args, concurrency=tuple(args.concurrency), timeout_s=args.timeout)
     import httpx
 
     try:
@@ -150,41 +127,54 @@ def cmd_bench(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add eval, report, make-demo-dataset and bench to an argparse subparsers object."""
+    """Add eval, report, make-demo-dataset and bench to an argparse subparsers object.
+
+    Defaults come from the configs the commands build (EvalConfig, BenchConfig) and from
+    make_demo_dataset's signature, so they are written once.
+    """
+    import inspect
+
+    from vreason.clients.bench import BenchConfig
+    from vreason.clients.eval.demo_dataset import make_demo_dataset
+    from vreason.clients.eval.runner import EvalConfig
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
+    ev, be = EvalConfig(base_url=""), BenchConfig(base_url="")
+    demo = inspect.signature(make_demo_dataset).parameters
     p = subparsers.add_parser(
         "eval", help="evaluate a video QA dataset (JSONL) against a server", formatter_class=fmt
     )
     p.add_argument("dataset", help="JSONL rows {id, video, question, options, answer, type}")
     p.add_argument("--base-url", required=True, help="server URL, e.g. http://127.0.0.1:8000 (or .../v1)")
-    p.add_argument("--model", default=None, help="model name; default: the first one /v1/models lists")
+    p.add_argument("--model", default=ev.model, help="model name; default: the first one /v1/models lists")
     p.add_argument(
         "--out", required=True, help="output folder (results.jsonl is appended to: re-runs resume)"
     )
     p.add_argument("--compare", action="store_true", help="run V-Reason off and on, side by side")
-    p.add_argument("--mode", choices=["on", "off"], default="on", help="the single mode without --compare")
+    p.add_argument("--mode", choices=["on", "off"], default=ev.modes[0],
+                   help="the single mode without --compare")
     p.add_argument(
         "--baseline",
         choices=["observe", "plain"],
-        default="observe",
+        default=ev.baseline,
         help="how 'off' runs: observe = trace entropy with no update (update_every=4096); "
         "plain = vreason false, no trace",
     )
     p.add_argument(
         "--vreason-options",
         type=_json_object,
-        default={},
+        default=ev.vreason_options,
         help='extra V-Reason knobs for mode on, e.g. \'{"lr": 0.01, "update_every": 2}\'',
     )
-    p.add_argument("--limit", type=_positive, default=None, help="only the first N items")
-    p.add_argument("--concurrency", type=_positive, default=4, help="requests in flight")
-    p.add_argument("--max-tokens", type=_positive, default=1024)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--limit", type=_positive, default=ev.limit, help="only the first N items")
+    p.add_argument("--concurrency", type=_positive, default=ev.concurrency, help="requests in flight")
+    p.add_argument("--max-tokens", type=_positive, default=ev.max_tokens)
+    p.add_argument("--temperature", type=float, default=ev.temperature)
+    p.add_argument("--top-p", type=float, default=ev.top_p)
     p.add_argument(
         "--video-mode",
         choices=["data", "file"],
-        default="data",
+        default=ev.video_mode,
         help="send local videos as base64 data URLs or file:// URLs (needs --allowed-local-media-path)",
     )
     p.add_argument(
@@ -192,9 +182,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--num-frames", type=int, default=None, help="mm_processor_kwargs.num_frames")
     p.add_argument("--max-pixels", type=int, default=None, help="mm_processor_kwargs.max_pixels")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    p.add_argument("--retries", type=int, default=2, help="retries on connection errors, 429 and 5xx")
-    p.add_argument("--api-key", default=None, help="sent as a Bearer token if set")
+    p.add_argument("--timeout", type=float, default=ev.timeout_s, help="seconds per request")
+    p.add_argument("--retries", type=int, default=ev.retries,
+                   help="retries on connection errors, 429 and 5xx")
+    p.add_argument("--api-key", default=ev.api_key, help="sent as a Bearer token if set")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_eval)
 
@@ -207,33 +198,36 @@ def register(subparsers) -> None:
     )
     p.add_argument("dir")
     p.add_argument(
-        "--n", type=_positive, default=8, help="items (tasks cycle: direction, order, count, distance)"
+        "--n", type=_positive, default=demo["n"].default,
+        help="items (tasks cycle: direction, order, count, distance)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=demo["seed"].default)
     p.set_defaults(func=cmd_make_demo_dataset)
 
     p = subparsers.add_parser(
         "bench", help="load generator: TTFT, TPOT, latency percentiles, tokens/s", formatter_class=fmt
     )
     p.add_argument("--base-url", required=True)
-    p.add_argument("--base-url-b", default=None, help="a second server to compare against (arm B)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--model-b", default=None)
-    p.add_argument("--requests", type=_positive, default=8, help="requests per arm and concurrency level")
-    p.add_argument("--concurrency", type=_positive, nargs="+", default=[1, 4, 16])
+    p.add_argument("--base-url-b", default=be.base_url_b, help="a second server to compare against (arm B)")
+    p.add_argument("--model", default=be.model)
+    p.add_argument("--model-b", default=be.model_b)
+    p.add_argument("--requests", type=_positive, default=be.requests,
+                   help="requests per arm and concurrency level")
+    p.add_argument("--concurrency", type=_positive, nargs="+", default=list(be.concurrency))
     p.add_argument(
         "--vreason-on",
         action="store_true",
         help="one server: V-Reason off vs on, interleaved; two servers: V-Reason on for B",
     )
-    p.add_argument("--vreason-options", type=_json_object, default={}, help="extra V-Reason knobs (JSON)")
-    p.add_argument("--max-tokens", type=_positive, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--video", default=None, help="video file; default: a synthetic clip")
-    p.add_argument("--video-mode", choices=["data", "file"], default="data")
-    p.add_argument("--prompt", default="Describe what happens in this video, step by step.")
-    p.add_argument("--warmup", type=int, default=1, help="uncounted requests per arm first")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--vreason-options", type=_json_object, default=be.vreason_options,
+                   help="extra V-Reason knobs (JSON)")
+    p.add_argument("--max-tokens", type=_positive, default=be.max_tokens)
+    p.add_argument("--temperature", type=float, default=be.temperature)
+    p.add_argument("--video", default=be.video, help="video file; default: a synthetic clip")
+    p.add_argument("--video-mode", choices=["data", "file"], default=be.video_mode)
+    p.add_argument("--prompt", default=be.prompt)
+    p.add_argument("--warmup", type=int, default=be.warmup, help="uncounted requests per arm first")
+    p.add_argument("--timeout", type=float, default=be.timeout_s, help="seconds per request")
     p.add_argument("--out", default=None, help="also write the raw results as JSON here")
     p.set_defaults(func=cmd_bench)
 

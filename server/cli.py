@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 logger = logging.getLogger("vreason")
@@ -29,55 +30,80 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VREASON_CACHE", Path.home() / ".cache" / "vreason"))
 
 
+def _field_defaults(cls) -> dict:
+    """A dataclass's field defaults (factories called): the flags' defaults live there, not here."""
+    return {f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+
+
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from vreason.server.api.settings import APISettings
     from vreason.server.controller.params import TARGETS, VReasonParams
+    from vreason.server.engine.vllm_engine import EngineConfig
 
     def add(flag, default, help, **kw):
         name = flag.lstrip("-")
         p.add_argument(flag, default=_env(name, default), help=f"{help} [env VREASON_{name.upper().replace('-', '_')}]", **kw)
 
+    e, s = _field_defaults(EngineConfig), APISettings()
+    vl, fp = e["video_limits"], e["fetch_policy"]
     add("--model", None, "model path or name; default: the embedded demo model named by --demo-model (built once)")
     add("--demo-model", "smollm2", "embedded demo model served without --model: 'smollm2' (real small language "
         "model SmolLM2-135M-Instruct, random vision encoder: cannot see the video) or 'random' (tiny, all random)",
         choices=["smollm2", "random"])
-    add("--served-model-name", None, "model name clients send; default: the model path, or 'vreason-demo'")
+    add("--served-model-name", e["served_model_name"],
+        "model name clients send; default: the model path, or 'vreason-demo'")
     add("--host", "127.0.0.1", "bind address")
     add("--port", 8000, "port", type=int)
-    add("--max-model-len", 4096, "context length (prompt + output tokens)", type=int)
-    add("--max-num-seqs", 16, "requests decoded together in one batch", type=int)
-    add("--dtype", "auto", "model dtype: auto, float32, bfloat16, float16")
-    add("--seed", 0, "engine seed", type=int)
-    add("--gpu-memory-utilization", None, "fraction of device memory for vLLM (on CPU: of RAM)", type=float)
-    add("--tensor-parallel-size", 1, "tensor parallel size (V-Reason needs 1)", type=int)
-    add("--kv-cache-gib", 1, "CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", type=int)
-    add("--limit-mm-per-prompt", '{"video": 1}', 'JSON, e.g. \'{"video": 2}\': videos allowed per request')
-    add("--allowed-local-media-path", None, "directory whose files may be sent as file:// video URLs")
-    add("--allowed-media-hosts", "", "comma-separated hosts (or *.domain) whose http(s) video URLs may be "
+    add("--max-model-len", e["max_model_len"], "context length (prompt + output tokens)", type=int)
+    add("--max-num-seqs", e["max_num_seqs"], "requests decoded together in one batch", type=int)
+    add("--dtype", e["dtype"], "model dtype: auto, float32, bfloat16, float16")
+    add("--seed", e["seed"], "engine seed", type=int)
+    add("--gpu-memory-utilization", e["gpu_memory_utilization"],
+        "fraction of device memory for vLLM (on CPU: of RAM)", type=float)
+    add("--tensor-parallel-size", e["tensor_parallel_size"],
+        "tensor parallel size (V-Reason needs 1)", type=int)
+    add("--kv-cache-gib", e["kv_cache_gib"],
+        "CPU only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", type=int)
+    add("--limit-mm-per-prompt", json.dumps({"video": e["limit_videos_per_prompt"]}),
+        'JSON, e.g. \'{"video": 2}\': videos allowed per request')
+    add("--allowed-local-media-path", e["allowed_local_media_path"],
+        "directory whose files may be sent as file:// video URLs")
+    add("--allowed-media-hosts", ",".join(fp.allowed_hosts),
+        "comma-separated hosts (or *.domain) whose http(s) video URLs may be "
         "fetched; private, loopback and metadata addresses are always refused (empty: no fetching)")
-    add("--media-allow-private", False, "also fetch from private/loopback addresses (closed networks and "
+    add("--media-allow-private", fp.allow_private,
+        "also fetch from private/loopback addresses (closed networks and "
         "tests only: never on a server reachable by untrusted clients)", action="store_true")
-    add("--media-fetch-timeout", 30.0, "seconds for one video download, redirects included", type=float)
-    add("--video-fps", 2.0, "default frame sampling rate (frames per second of video)", type=float)
-    add("--video-max-frames", 32, "cap on sampled frames per video", type=int)
-    add("--video-max-pixels", 112 * 112, "cap on pixels per sampled frame (resized down to fit)", type=int)
-    add("--video-frames-over-cap", "cap", "a requested frame count (num_frames, or a frame list) above "
+    add("--media-fetch-timeout", fp.total_timeout,
+        "seconds for one video download, redirects included", type=float)
+    add("--video-fps", e["default_fps"],
+        "default frame sampling rate (frames per second of video)", type=float)
+    add("--video-max-frames", vl.max_frames, "cap on sampled frames per video", type=int)
+    add("--video-max-pixels", vl.max_pixels,
+        "cap on pixels per sampled frame (resized down to fit)", type=int)
+    add("--video-frames-over-cap", "cap" if e["cap_frames"] else "reject",
+        "a requested frame count (num_frames, or a frame list) above "
         "--video-max-frames: sample at the cap and say so in the response (cap), or answer 400 (reject)",
         choices=["cap", "reject"])
-    add("--video-max-bytes", 64 * 1024 * 1024, "cap on an encoded video's size in bytes", type=int)
-    add("--generation-config", "auto", "sampling defaults for fields a request does not set, as in vllm "
+    add("--video-max-bytes", vl.max_bytes, "cap on an encoded video's size in bytes", type=int)
+    add("--generation-config", e["generation_config"],
+        "sampling defaults for fields a request does not set, as in vllm "
         "serve: auto (the model's generation_config.json), vllm (vLLM's neutral defaults) or a directory "
         "holding a generation_config.json")
     add("--no-prefix-caching", False, "disable vLLM's prefix caching", action="store_true")
-    add("--data-parallel-size", 1, "vLLM data-parallel engine replicas in this server", type=int)
+    add("--data-parallel-size", e["data_parallel_size"],
+        "vLLM data-parallel engine replicas in this server", type=int)
     add("--enforce-eager", False, "run vLLM eagerly (no torch.compile, no CUDA graphs); the default is "
         "vLLM's compiled mode. Tests pass it where engine start time matters more than step speed",
         action="store_true")
-    add("--api-key", None, "require 'Authorization: Bearer KEY' on every route but /health and /metrics")
-    add("--allowed-origins", "", "comma-separated CORS origins (empty: no CORS)")
-    add("--max-body-bytes", 100 * 1024 * 1024, "largest request body accepted (413 above)", type=int)
-    add("--max-queue", 256, "chat requests admitted at once, running + waiting (429 above)", type=int)
-    add("--request-timeout", 600.0, "seconds before a chat request is aborted (504)", type=float)
-    add("--reasoning-split", "on", "move <think>...</think> text to message.reasoning", choices=["on", "off"])
+    add("--api-key", s.api_key, "require 'Authorization: Bearer KEY' on every route but /health and /metrics")
+    add("--allowed-origins", ",".join(s.allowed_origins), "comma-separated CORS origins (empty: no CORS)")
+    add("--max-body-bytes", s.max_body_bytes, "largest request body accepted (413 above)", type=int)
+    add("--max-queue", s.max_queue, "chat requests admitted at once, running + waiting (429 above)", type=int)
+    add("--request-timeout", s.request_timeout, "seconds before a chat request is aborted (504)", type=float)
+    add("--reasoning-split", "on" if s.reasoning_split else "off",
+        "move <think>...</think> text to message.reasoning", choices=["on", "off"])
     add("--log-format", "json", "log lines as JSON objects or plain text", choices=["json", "text"])
     d = VReasonParams()
     add("--vreason", "off", "V-Reason for requests that do not say: on or off. With on, the server also "

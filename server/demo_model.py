@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 MARKER = "vreason_demo_model.json"
@@ -221,12 +222,17 @@ def ensure_demo_model(cache_dir: str | Path, seed: int = 0, script: str | None =
     """Build the demo model into `cache_dir/demo-qwen2_5-vl-v{N}...` once; reuse it afterwards."""
     kind = "" if script is None else "-scripted"
     target = Path(cache_dir) / f"demo-qwen2_5-vl-v{DEMO_FORMAT_VERSION}-seed{seed}{kind}"
-    if is_demo_model(target):
+    return build_once(target, lambda tmp: build_demo_model(tmp, seed, script), is_demo_model)
+
+
+def build_once(target: Path, build: Callable[[Path], object], is_built: Callable[[Path], bool]) -> Path:
+    """`target` if `is_built(target)`, else `build` it in a scratch folder renamed to `target` at the end."""
+    if is_built(target):
         return target
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
         import shutil
         shutil.rmtree(tmp)
-    build_demo_model(tmp, seed, script)
+    build(tmp)
     tmp.rename(target)  # atomic: a half-written model is never picked up
     return target

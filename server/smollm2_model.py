@@ -22,7 +22,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from vreason.server.demo_model import CHAT_TEMPLATE
+from vreason.server.demo_model import CHAT_TEMPLATE, build_once
 
 MARKER = "vreason_smollm2_model.json"
 FORMAT_VERSION = 2
@@ -203,12 +203,4 @@ def is_smollm2_model(path: str | Path) -> bool:
 def ensure_smollm2_model(cache_dir: str | Path, seed: int = 0, progress=print) -> Path:
     """Build the checkpoint into `cache_dir/smollm2-qwen2_5-vl-v{N}-seed{seed}` once; reuse it after."""
     target = Path(cache_dir) / f"smollm2-qwen2_5-vl-v{FORMAT_VERSION}-seed{seed}"
-    if is_smollm2_model(target):
-        return target
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    build_smollm2_model(tmp, seed, progress)
-    tmp.rename(target)  # atomic: a half-written model is never picked up
-    return target
+    return build_once(target, lambda tmp: build_smollm2_model(tmp, seed, progress), is_smollm2_model)

@@ -38,3 +38,29 @@ def test_make_demo_model(tmp_path):
 def test_bad_option_exits_cleanly():
     r = subprocess.run([VREASON, "serve", "--vreason-lr", "-1"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid option" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
+    import argparse
+
+    from vreason.server import cli
+    from vreason.server.api.settings import APISettings
+    from vreason.server.engine.vllm_engine import EngineConfig
+    from vreason.server.video import DEFAULT_FPS
+
+    for k in [k for k in os.environ if k.startswith("VREASON_")]:
+        monkeypatch.delenv(k)
+    p = argparse.ArgumentParser()
+    cli._add_serve_args(p)
+    a, e, s = p.parse_args([]), EngineConfig(model="m"), APISettings()
+    flags = {"max_model_len": a.max_model_len, "max_num_seqs": a.max_num_seqs, "dtype": a.dtype, "seed": a.seed,
+             "tensor_parallel_size": a.tensor_parallel_size, "data_parallel_size": a.data_parallel_size,
+             "kv_cache_gib": a.kv_cache_gib, "default_fps": a.video_fps, "generation_config": a.generation_config,
+             "cap_frames": a.video_frames_over_cap == "cap"}
+    assert flags == {k: getattr(e, k) for k in flags}
+    assert (a.video_max_frames, a.video_max_pixels, a.video_max_bytes) == (
+        e.video_limits.max_frames, e.video_limits.max_pixels, e.video_limits.max_bytes)
+    assert a.media_fetch_timeout == e.fetch_policy.total_timeout and a.allowed_media_hosts == ""
+    assert (a.max_body_bytes, a.max_queue, a.request_timeout, a.reasoning_split == "on") == (
+        s.max_body_bytes, s.max_queue, s.request_timeout, s.reasoning_split)
+    assert a.video_fps == DEFAULT_FPS  # one default frame rate: the CLI, the engine and the sampler agree

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import check, check_dtype, check_same_device, check_shape, use_triton
-from .reference import controller_update_reference
+from .reference import BETA1, BETA2, EPS, controller_update_reference
 
 __all__ = ["controller_update"]
 
@@ -18,17 +18,17 @@ def controller_update(
     grad_vn: torch.Tensor,
     step: torch.Tensor,
     lr: torch.Tensor,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
+    beta1: float = BETA1,
+    beta2: float = BETA2,
+    eps: float = EPS,
     norm_restore: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
     """One Adam step on delta given dL/dvn, where vn = normrestore(v0 + delta); returns new vn.
 
     Rows are (request, kv head, video position) vectors. With norm restore,
-    vn = u * ||v0|| / max(||u||, 1e-6) for u = v0 + delta, and dL/du is obtained from dL/dvn
-    analytically; without it vn = u. The Adam step has torch.optim.Adam semantics (bias
+    vn = u * ||v0|| / max(||u||, NORM_FLOOR) for u = v0 + delta (`reference.norm_restore`), and
+    dL/du is obtained from dL/dvn analytically; without it vn = u. The Adam step has torch.optim.Adam semantics (bias
     correction, no weight decay, no amsgrad); bias corrections are formed in fp64 as torch does.
 
     Args:

@@ -6,6 +6,8 @@ import torch
 
 # norm restore divides by max(||v0 + delta||, NORM_FLOOR)
 NORM_FLOOR = 1e-6
+# torch.optim.Adam's defaults, the defaults of both entry points (this spec and controller_update)
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
 
 def norm_restore(u: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
@@ -34,9 +36,9 @@ def controller_update_reference(
     grad_vn: torch.Tensor,
     step: torch.Tensor,
     lr: torch.Tensor,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
+    beta1: float = BETA1,
+    beta2: float = BETA2,
+    eps: float = EPS,
     norm_restore_on: bool = True,
 ) -> torch.Tensor:
     """Update delta, exp_avg, exp_avg_sq in place and return the new controlled values [N, D]."""

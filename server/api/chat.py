@@ -18,11 +18,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from vreason.server.engine.protocol import EngineClient
 from vreason.server.engine.traces import public_row, trace_object
-from vreason.server.engine.types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest,
-                                         TokenLogprob, TraceSummary, Usage)
+from vreason.server.engine.types import (ChoiceDelta, EngineUnavailable, GenerateRequest, TokenLogprob,
+                                         TraceSummary, Usage)
+from vreason.server.errors import ClientError
 from vreason.server.wire import StepRow
 
-from .errors import APIError, error_body
+from .errors import error_body, error_fields, error_response
 from .metrics import Metrics
 from .reasoning import ReasoningSplitter
 from .schemas import ChatCompletionRequest
@@ -56,13 +57,24 @@ class Choice:
         if not self.split:
             self.content += d.text
             return "", d.text
-        was_inside = self.splitter.inside
-        r, c = self.splitter.feed(d.text)
+        # Split token by token, so that a delta of several tokens that holds the end (or the
+        # start) of the thought counts only its tokens inside it. Without per-token texts (or
+        # when they do not add up to the text) the delta is one piece: exact for one token.
+        pieces = d.token_texts if d.token_texts and "".join(d.token_texts) == d.text else None
+        weighted = [(p, 1) for p in pieces] if pieces else [(d.text, new_tokens)]
+        rs, cs = [], []
+        for piece, tokens in weighted:
+            was_inside = self.splitter.inside
+            r, c = self.splitter.feed(piece)
+            if was_inside or self.splitter.inside or r:  # opening, inside or closing the thought
+                self.reasoning_tokens += tokens
+            rs.append(r)
+            cs.append(c)
         if d.finish_reason is not None:
-            r2, c2 = self.splitter.finish()
-            r, c = r + r2, c + c2
-        if was_inside or self.splitter.inside or r:  # opening, inside or closing the thought
-            self.reasoning_tokens += new_tokens
+            r, c = self.splitter.finish()
+            rs.append(r)
+            cs.append(c)
+        r, c = "".join(rs), "".join(cs)
         self.reasoning += r
         self.content += c
         return r, c
@@ -133,25 +145,23 @@ def _usage_dict(u: Usage, choices: list[Choice]) -> dict:
 def check_request(engine: EngineClient, body: ChatCompletionRequest) -> None:
     """Checks that need the server's state (served model, context length)."""
     if body.model != engine.model_name:
-        raise APIError(404, f"model {body.model!r} does not exist; this server serves "
-                       f"{engine.model_name!r}", param="model", code="model_not_found")
+        raise ClientError(f"model {body.model!r} does not exist; this server serves {engine.model_name!r}",
+                          param="model", code="model_not_found", status=404)
     if body.stream_options is not None and not body.stream:
-        raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options",
-                       code="invalid_request")
+        raise ClientError("stream_options is only allowed when stream is true", param="stream_options")
     if body.tools is not None:
-        raise APIError(400, "tool calling is not supported by this server: send the request without tools",
-                       param="tools", code="tools_not_supported")
+        raise ClientError("tool calling is not supported by this server: send the request without tools",
+                          param="tools", code="tools_not_supported")
     if body.tool_choice not in (None, "none"):
-        raise APIError(400, "tool calling is not supported by this server: tool_choice may only be \"none\"",
-                       param="tool_choice", code="tools_not_supported")
+        raise ClientError("tool calling is not supported by this server: tool_choice may only be \"none\"",
+                          param="tool_choice", code="tools_not_supported")
     if body.top_logprobs and not body.logprobs:
-        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_request")
+        raise ClientError("top_logprobs needs logprobs: true", param="top_logprobs")
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(body, name)
         if value is not None and value > engine.max_model_len:
-            raise APIError(400, f"{name}={value} cannot fit: this model's maximum context length is "
-                           f"{engine.max_model_len} tokens (prompt plus output)", param=name,
-                           code="invalid_request")
+            raise ClientError(f"{name}={value} cannot fit: this model's maximum context length is "
+                              f"{engine.max_model_len} tokens (prompt plus output)", param=name)
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -184,8 +194,8 @@ async def complete(engine: EngineClient, request: Request, gen: GenerateRequest,
         await engine.abort(gen.request_id)
         obs.finished(usage, [None] * len(choices))
         if watcher in done:
-            return JSONResponse(error_body(499, "client disconnected"), status_code=499)
-        raise APIError(504, f"request did not finish within {timeout:g} s", code="request_timeout")
+            return error_response(499, "client disconnected")
+        raise ClientError(f"request did not finish within {timeout:g} s", code="request_timeout", status=504)
     task.result()
     obs.finished(usage, [c.finish_reason for c in choices])
     body_out = {
@@ -272,10 +282,8 @@ async def stream(engine: EngineClient, body: ChatCompletionRequest, gen: Generat
             if include_usage:
                 yield chunk([], usage=_usage_dict(usage, choices))
             yield "data: [DONE]\n\n"
-        except (EngineClientError, EngineUnavailable) as e:
-            status = getattr(e, "status", 503)
-            yield _sse(error_body(status, getattr(e, "message", str(e)), getattr(e, "param", None),
-                                  getattr(e, "code", "engine_unavailable")))
+        except (ClientError, EngineUnavailable) as e:
+            yield _sse(error_body(*error_fields(e)))
             yield "data: [DONE]\n\n"
         finally:
             obs.finished(usage, [c.finish_reason for c in choices])

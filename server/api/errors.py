@@ -11,25 +11,36 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vreason.server.controller.params import ParamError
-from vreason.server.engine.types import EngineClientError, EngineUnavailable
+from vreason.server.engine.types import EngineUnavailable
+from vreason.server.errors import ClientError
 
 logger = logging.getLogger("vreason.api")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
-          503: "service_unavailable_error", 504: "timeout_error"}
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+          429: "rate_limit_error", 502: "upstream_error", 503: "service_unavailable_error",
+          504: "timeout_error"}
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """The OpenAI error body (the only place it is built): {"error": {message, type, param, code}}."""
     return {"error": {"message": message, "type": _TYPES.get(status, "server_error"),
                       "param": param, "code": code}}
+
+
+def error_fields(exc: Exception) -> tuple[int, str, str | None, str | None]:
+    """(status, message, param, code) of an exception the server answers as a client or 503 error.
+
+    ClientError (VideoError and EngineClientError are ClientErrors), ParamError (a bad vreason
+    option, 400) and EngineUnavailable (503); anything else is an internal error (500).
+    """
+    if isinstance(exc, ClientError):
+        return exc.status, exc.message, exc.param, exc.code
+    if isinstance(exc, ParamError):
+        return 400, str(exc), exc.param, "invalid_vreason_option"
+    if isinstance(exc, EngineUnavailable):
+        return 503, str(exc) or "engine unavailable", None, "engine_unavailable"
+    return 500, "internal server error", None, "internal_error"
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -80,21 +91,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param, code = _validation_message(exc)
         return error_response(400, message, param, code)
 
-    @app.exception_handler(APIError)
-    async def _api(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.param, exc.code)
+    async def _known(request: Request, exc: Exception):
+        return error_response(*error_fields(exc))
 
-    @app.exception_handler(ParamError)
-    async def _param(request: Request, exc: ParamError):
-        return error_response(400, str(exc), exc.param, "invalid_vreason_option")
-
-    @app.exception_handler(EngineClientError)
-    async def _client(request: Request, exc: EngineClientError):
-        return error_response(exc.status, exc.message, exc.param, exc.code)
-
-    @app.exception_handler(EngineUnavailable)
-    async def _unavailable(request: Request, exc: EngineUnavailable):
-        return error_response(503, str(exc) or "engine unavailable", None, "engine_unavailable")
+    for exc_type in (ClientError, ParamError, EngineUnavailable):
+        app.add_exception_handler(exc_type, _known)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -2,13 +2,14 @@
 
 Request-level series are observed by the chat service as responses flow; engine-level ones
 (running/waiting requests, KV cache use, controller state) are read from the engine at scrape
-time by a custom collector.
+time by a custom collector, and the inner-step durations the engine gathered since the last
+scrape go into a prometheus_client Histogram then.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -33,21 +34,31 @@ class Metrics:
                              buckets=TOKEN_BUCKETS, registry=r)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency", labels,
                              buckets=LATENCY_BUCKETS, registry=r)
-        self.registry.register(_EngineCollector(engine, model_name))
+        self.inner_step = Histogram("vreason:inner_step_seconds", "V-Reason work per engine step", labels,
+                                    buckets=STEP_BUCKETS, registry=r)
+        self.inner_step.labels(model_name)  # the series exists (all zero) before the first step
+        self.engine = engine
+        self._engine_state = _EngineCollector(model_name)
+        self.registry.register(self._engine_state)
 
     def render(self) -> bytes:
+        """Read the engine once (its gauges, controller totals and the inner-step durations since
+        the last scrape), then write the Prometheus text exposition."""
+        snap = self.engine.metrics_snapshot() if hasattr(self.engine, "metrics_snapshot") else {}
+        for seconds in snap.get("step_seconds", ()):
+            self.inner_step.labels(self.model).observe(seconds)
+        self._engine_state.snap = snap
         return generate_latest(self.registry)
 
 
 class _EngineCollector:
-    def __init__(self, engine, model_name: str) -> None:
-        self.engine, self.model = engine, model_name
-        self.step_counts = [0] * (len(STEP_BUCKETS) + 1)
-        self.step_sum = 0.0
+    """Engine-side gauges and counters from the snapshot `Metrics.render` took for this scrape."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model, self.snap = model_name, {}
 
     def collect(self):
-        snap = self.engine.metrics_snapshot() if hasattr(self.engine, "metrics_snapshot") else {}
-        lab = [self.model]
+        snap, lab = self.snap, [self.model]
 
         def gauge(name, doc, value):
             g = GaugeMetricFamily(name, doc, labels=["model_name"])
@@ -68,14 +79,3 @@ class _EngineCollector:
             c = CounterMetricFamily(name, doc, labels=["model_name"])
             c.add_metric(lab, float(totals.get(key, 0)))
             yield c
-        for s in snap.get("step_seconds", []):
-            self.step_sum += s
-            self.step_counts[next((i for i, b in enumerate(STEP_BUCKETS) if s <= b), len(STEP_BUCKETS))] += 1
-        h = HistogramMetricFamily("vreason:inner_step_seconds", "V-Reason work per engine step",
-                                  labels=["model_name"])
-        cum, buckets = 0, []
-        for b, n in zip([*map(str, STEP_BUCKETS), "+Inf"], self.step_counts):
-            cum += n
-            buckets.append((b, cum))
-        h.add_metric(lab, buckets, self.step_sum)
-        yield h

@@ -1,6 +1,6 @@
-"""V-Reason's controller: pure torch (no vLLM). See DESIGN section 2 for the method."""
+"""V-Reason's controller: pure torch (no vLLM). See docs/design.md section 2 for the method."""
 
-from .objective import SwitchState, entropy, switching_loss
+from .objective import SwitchState, entropy
 from .params import ParamError, VReasonParams
 from .slab import ControllerSlab
 from .state import ControllerState, state_bytes
@@ -11,6 +11,6 @@ from .values import controlled_values
 __all__ = [
     "ControllerSlab", "ControllerState", "ParamError", "StepReport", "SwitchState", "TailWeights",
     "UpdateInputs", "VReasonParams", "controlled_values", "controller_step", "entropy", "group_apply",
-    "group_grad", "state_bytes", "switching_loss", "tail_acts", "tail_input_grad", "tail_logits",
+    "group_grad", "state_bytes", "tail_acts", "tail_input_grad", "tail_logits",
     "tail_reference",
 ]

@@ -1,22 +1,21 @@
-"""Entropy, the EMA/peak switch, and the switching loss (DESIGN section 2)."""
+"""Entropy and the EMA/peak switch (docs/design.md section 2).
+
+The entropy formula's home is the kernels' reference (`vreason.kernels.entropy_grad.reference`):
+it is the spec the Triton kernel is tested against, and it keeps -inf (masked) logits finite.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from vreason.kernels.entropy_grad.reference import entropy_reference
+
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of softmax(logits) per row, in fp32. logits: [R, V] -> [R]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def switching_loss(logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of alpha_r * KL(p_r || uniform) = alpha_r * (log|V| - H_r)."""
-    return (alpha * (math.log(logits.shape[-1]) - entropy(logits))).sum()
+    return entropy_reference(logits)
 
 
 @dataclass

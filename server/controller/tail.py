@@ -31,10 +31,6 @@ class TailWeights:
     lm_head: torch.Tensor  # [vocab, hidden]
     eps: float
 
-    def nbytes(self) -> int:
-        ts = (self.o_proj, self.post_norm, self.gate_up, self.down, self.final_norm, self.lm_head)
-        return sum(t.numel() * t.element_size() for t in ts)
-
 
 def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
     """x @ w.T (transpose=True, a forward linear) or x @ w (an input gradient), fp32 result.

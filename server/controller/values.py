@@ -1,16 +1,18 @@
-"""Controlled values: Vn = (V0 + dV) / max(||V0 + dV||, eps) * ||V0|| per position and KV head."""
+"""Controlled values Vn: V0 + dV, norm-restored per position and KV head.
+
+The norm-restore formula (and its floor) has one home, the kernels' reference
+(`vreason.kernels.controller_update.reference.norm_restore`), which the fused update kernel
+implements and is tested against.
+"""
 
 from __future__ import annotations
 
 import torch
 
-NORM_EPS = 1e-6
+from vreason.kernels.controller_update.reference import norm_restore as _norm_restore
 
 
 def controlled_values(v0: torch.Tensor, delta: torch.Tensor, norm_restore: str) -> torch.Tensor:
-    """v0, delta: [..., D] -> Vn [..., D] (differentiable in delta)."""
+    """v0, delta: [..., D] -> Vn [..., D] (differentiable in delta); norm_restore "token" or "none"."""
     u = v0 + delta
-    if norm_restore == "none":
-        return u
-    n = torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    return u * (torch.linalg.vector_norm(v0, dim=-1, keepdim=True) / n)
+    return u if norm_restore == "none" else _norm_restore(u, v0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vreason.server.controller.params import VReasonParams
+from vreason.server.errors import ClientError
 from vreason.server.wire import StepRow
 
 # Most top_logprobs per token: OpenAI's limit and vLLM's default max_logprobs. Stock vLLM on CPU
@@ -142,6 +143,10 @@ class ChoiceDelta:
     """Per new token when the request asked for logprobs, else None."""
     stop_reason: int | str | None = None
     """The stop string or token id that ended the choice (vLLM's stop_reason)."""
+    token_texts: tuple[str, ...] | None = None
+    """The text of each new token, in order (one entry per new token), when the delta holds more
+    than one; None for a single-token delta (its text is `text`). The front end counts reasoning
+    tokens per token with it (a multi-token delta may straddle the end of a thought)."""
 
 
 @dataclass(frozen=True)
@@ -166,13 +171,9 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-class EngineClientError(Exception):
-    """A client fault found while preparing the request (maps to HTTP 4xx)."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_request",
-                 status: int = 400):
-        super().__init__(message)
-        self.message, self.param, self.code, self.status = message, param, code, status
+# A client fault found while preparing the request (maps to HTTP 4xx): the server's one
+# client-error type under the name the engine layer has always used.
+EngineClientError = ClientError
 
 
 class RequestFailed(EngineClientError):

@@ -7,6 +7,8 @@ else escaping this package is a server bug.
 
 from __future__ import annotations
 
+from vreason.server.errors import ClientError
+
 # Machine-readable codes. Strings rather than an Enum so they serialise as-is into the
 # OpenAI error body's "code" field.
 VIDEO_TOO_LARGE = "video_too_large"                       # encoded bytes over the cap (413)
@@ -25,8 +27,8 @@ MEDIA_FETCH_FAILED = "media_fetch_failed"                 # origin error, bad re
 MEDIA_FETCH_TIMEOUT = "media_fetch_timeout"               # connect or total download timeout (504)
 
 
-class VideoError(Exception):
-    """A request-caused video failure, carrying what an OpenAI-style error body needs.
+class VideoError(ClientError):
+    """A request-caused video failure (a ``ClientError`` whose ``param`` defaults to "messages").
 
     ``status`` is the HTTP status to answer with: 400, or 413 when the payload is too large;
     fetching an http(s) URL adds 422 (unusable answer), 502 (origin failed) and 504 (timeout).
@@ -34,16 +36,4 @@ class VideoError(Exception):
     """
 
     def __init__(self, message: str, *, code: str, param: str | None = "messages", status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.param = param
-        self.status = status
-
-    def to_openai_error(self) -> dict:
-        """The ``{"error": {...}}`` body in the OpenAI shape."""
-        return {"error": {"message": self.message, "type": "invalid_request_error",
-                          "param": self.param, "code": self.code}}
-
-    def __repr__(self) -> str:
-        return f"VideoError(code={self.code!r}, status={self.status}, message={self.message!r})"
+        super().__init__(message, param=param, code=code, status=status)

@@ -20,10 +20,9 @@ from urllib.parse import unquote
 
 import httpx
 
-from .errors import (MEDIA_FETCH_DISALLOWED, MEDIA_FETCH_FAILED, MEDIA_FETCH_TIMEOUT, VIDEO_EMPTY,
-                     VIDEO_TOO_LARGE, VideoError)
+from .errors import MEDIA_FETCH_DISALLOWED, MEDIA_FETCH_FAILED, MEDIA_FETCH_TIMEOUT, VIDEO_EMPTY, VideoError
 from .options import VideoLimits
-from .source import VideoSource, short_url, suffix_for
+from .source import VideoSource, short_url, suffix_for, too_large
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -208,14 +207,12 @@ def _request(client: httpx.AsyncClient, url: httpx.URL, ip: IPAddress) -> httpx.
 async def _read_capped(response: httpx.Response, cap: int) -> bytes:
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > cap:
-        raise VideoError(f"media is {int(declared)} bytes, over this server's limit of {cap} bytes",
-                         code=VIDEO_TOO_LARGE, status=413)
+        raise too_large("media", f"{int(declared)} bytes", cap)
     body = bytearray()
     # Raw bytes: no content decoding, so a compressed body cannot expand past the count.
     async for chunk in response.aiter_raw():
         if len(body) + len(chunk) > cap:
-            raise VideoError(f"media is larger than this server's limit of {cap} bytes",
-                             code=VIDEO_TOO_LARGE, status=413)
+            raise too_large("media", f"at least {len(body) + len(chunk)} bytes", cap)
         body += chunk
     if not body:
         raise VideoError("media URL returned an empty body", code=VIDEO_EMPTY)
@@ -288,12 +285,3 @@ async def fetch_video(url: str, policy: FetchPolicy, limits: VideoLimits) -> Vid
         raise VideoError(what, code=MEDIA_FETCH_TIMEOUT, status=504) from None
     except httpx.HTTPError as exc:
         raise _failed(f"fetching the media URL failed ({type(exc).__name__})", status=502) from None
-
-
-def fetch_video_sync(url: str, policy: FetchPolicy, limits: VideoLimits) -> VideoSource:
-    """Blocking ``fetch_video`` for threads without an event loop (tools, worker threads)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(fetch_video(url, policy, limits))
-    raise RuntimeError("fetch_video_sync called from a running event loop; await fetch_video instead")

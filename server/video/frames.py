@@ -9,7 +9,6 @@ decoded with OpenCV, resized like decoded video frames, and assumed evenly space
 from __future__ import annotations
 
 import asyncio
-import binascii
 import re
 
 import cv2
@@ -19,7 +18,7 @@ from .decode import DecodedVideo, _prepare
 from .errors import INVALID_DATA_URL, UNSUPPORTED_MEDIA_URL, VIDEO_DECODE_FAILED, VIDEO_TOO_LONG, VideoError
 from .options import VideoLimits
 from .sampling import spread
-from .source import _from_file_url
+from .source import decode_base64_payload, from_file_url
 
 _IMAGE_DATA = re.compile(r"data:image/[a-z0-9.+-]+;base64,", re.I)
 FRAME_LIST_PREFIX = "data:video/jpeg;base64,"
@@ -37,17 +36,11 @@ def split_frame_list(url: str) -> list[str]:
 def _image_bytes(url: str, limits: VideoLimits, allowed_local_media_path: str | None) -> bytes:
     m = _IMAGE_DATA.match(url)
     if m:
-        payload = url[m.end():]
-        if len(payload) > 4 * -(-limits.max_bytes // 3):
-            raise VideoError("image frame data URL is too large", code="video_too_large", status=413)
-        try:
-            return binascii.a2b_base64(payload.encode("ascii"), strict_mode=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise VideoError(f"image data URL payload is not valid base64 ({exc})", code=INVALID_DATA_URL) from None
+        return decode_base64_payload(url[m.end():], limits, "image frame data URL")
     if url.startswith("data:"):
         raise VideoError("image frames must be data:image/<type>;base64,... URLs", code=INVALID_DATA_URL)
     if url.startswith("file://"):
-        source = _from_file_url(url, allowed_local_media_path, limits)
+        source = from_file_url(url, allowed_local_media_path, limits)
         with open(source.path, "rb") as fh:
             return fh.read()
     raise VideoError("image URLs must be data: or file:// URLs on this server", code=UNSUPPORTED_MEDIA_URL)

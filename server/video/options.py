@@ -53,7 +53,7 @@ class VideoLimits:
 class SamplingSpec:
     """How to pick frames: ``num_frames`` evenly spread, else ``fps`` frames per second.
 
-    If ``num_frames`` is given it wins and ``fps`` is ignored; if neither is given, fps=2.0.
+    If ``num_frames`` is given it wins and ``fps`` is ignored; if neither is given, ``DEFAULT_FPS``.
     Invalid values raise ``VideoError`` (400) naming the request field they came from
     (``num_frames_param`` / ``fps_param``: mm_processor_kwargs or media_io_kwargs.video).
     """

@@ -7,15 +7,11 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .errors import (INVALID_DATA_URL, MEDIA_NOT_FOUND, MEDIA_PATH_NOT_ALLOWED, UNSUPPORTED_MEDIA_URL,
                      VIDEO_EMPTY, VIDEO_TOO_LARGE, VideoError)
 from .options import VideoLimits
-
-if TYPE_CHECKING:
-    from .fetch import FetchPolicy
 
 _MEDIA_TYPE = re.compile(r"video/[a-z0-9][a-z0-9.+-]{0,63}")
 # A file suffix only helps FFmpeg's probe; the content decides. Unknown subtypes get a neutral one.
@@ -56,9 +52,31 @@ def suffix_for(extension: str) -> str:
     return ext if ext in _KNOWN_SUFFIXES else ".video"
 
 
-def _too_large(size_desc: str, limits: VideoLimits) -> VideoError:
-    return VideoError(f"video is {size_desc}, over this server's limit of {limits.max_bytes} bytes",
+def too_large(what: str, size_desc: str, cap: int) -> VideoError:
+    """The 413 for media over the byte cap: "<what> is <size_desc>, over this server's limit"."""
+    return VideoError(f"{what} is {size_desc}, over this server's limit of {cap} bytes",
                       code=VIDEO_TOO_LARGE, status=413)
+
+
+def decode_base64_payload(payload: str, limits: VideoLimits, what: str) -> bytes:
+    """A data URL's payload as bytes: strict base64, non-empty, at most ``limits.max_bytes``.
+
+    ``what`` names the URL in the errors ("video data URL", "image frame data URL").
+    """
+    if not payload:
+        raise VideoError(f"{what} has an empty payload", code=VIDEO_EMPTY)
+    # Refuse by encoded length first, so an oversized body is never decoded into memory.
+    if len(payload) > 4 * -(-limits.max_bytes // 3):
+        raise too_large(what, f"about {len(payload) * 3 // 4} bytes", limits.max_bytes)
+    try:
+        data = binascii.a2b_base64(payload.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise VideoError(f"{what} payload is not valid base64 ({exc})", code=INVALID_DATA_URL) from None
+    if not data:
+        raise VideoError(f"{what} has an empty payload", code=VIDEO_EMPTY)
+    if len(data) > limits.max_bytes:
+        raise too_large(what, f"{len(data)} bytes", limits.max_bytes)
+    return data
 
 
 def _from_data_url(url: str, limits: VideoLimits) -> VideoSource:
@@ -73,24 +91,12 @@ def _from_data_url(url: str, limits: VideoLimits) -> VideoSource:
     if len(params) < 2 or params[-1] != "base64":
         raise VideoError("video data URLs must be base64-encoded (data:video/<subtype>;base64,...)",
                          code=INVALID_DATA_URL)
-    if not payload:
-        raise VideoError("video data URL has an empty payload", code=VIDEO_EMPTY)
-    # Refuse by encoded length first, so an oversized body is never decoded into memory.
-    if len(payload) > 4 * -(-limits.max_bytes // 3):
-        raise _too_large(f"about {len(payload) * 3 // 4} bytes", limits)
-    try:
-        data = binascii.a2b_base64(payload.encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise VideoError(f"video data URL payload is not valid base64 ({exc})",
-                         code=INVALID_DATA_URL) from None
-    if not data:
-        raise VideoError("video data URL has an empty payload", code=VIDEO_EMPTY)
-    if len(data) > limits.max_bytes:
-        raise _too_large(f"{len(data)} bytes", limits)
+    data = decode_base64_payload(payload, limits, "video data URL")
     return VideoSource(data=data, suffix=_SUFFIX.get(media_type[6:], ".video"))
 
 
-def _from_file_url(url: str, allowed_local_media_path: str | None, limits: VideoLimits) -> VideoSource:
+def from_file_url(url: str, allowed_local_media_path: str | None, limits: VideoLimits) -> VideoSource:
+    """A vetted ``file://`` URL inside ``allowed_local_media_path`` (see ``resolve_video_url``)."""
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise VideoError(f"file URL must be file:///<absolute path> with no host, query or fragment, "
@@ -117,7 +123,7 @@ def _from_file_url(url: str, allowed_local_media_path: str | None, limits: Video
     if st.st_size == 0:
         raise VideoError(f"local video {short_url(path)} is empty", code=VIDEO_EMPTY)
     if st.st_size > limits.max_bytes:
-        raise _too_large(f"{st.st_size} bytes", limits)
+        raise too_large("video", f"{st.st_size} bytes", limits.max_bytes)
     return VideoSource(path=real, suffix=os.path.splitext(real)[1] or ".video")
 
 
@@ -126,17 +132,16 @@ def is_http_url(url: object) -> bool:
     return isinstance(url, str) and url.strip()[:8].lower().startswith(("http://", "https://"))
 
 
-def resolve_video_url(url: str, *, allowed_local_media_path: str | None, limits: VideoLimits,
-                      fetch_policy: FetchPolicy | None = None) -> VideoSource:
+def resolve_video_url(url: str, *, allowed_local_media_path: str | None, limits: VideoLimits) -> VideoSource:
     """Validate a ``video_url`` and return its bytes or vetted local path.
 
     Accepted: ``data:video/<subtype>[;params];base64,<payload>`` (strict base64, non-empty,
     decoded size <= ``limits.max_bytes``), and ``file:///<absolute path>`` when
     ``allowed_local_media_path`` is set and the path, with symlinks resolved, is a non-empty
     regular file inside that directory (also resolved) of at most ``limits.max_bytes``.
-    ``http(s)://`` URLs are downloaded (blocking, see ``fetch.fetch_video``) only when
-    ``fetch_policy`` is enabled. Everything else raises ``VideoError`` (400, or 413 when too
-    large; fetch failures may also be 422, 502 or 504).
+    ``http(s)://`` URLs are refused here: ``load_video`` downloads them first (``fetch.fetch_video``)
+    when the server's fetch policy allows it. Everything else raises ``VideoError`` (400, or 413
+    when too large).
     """
     if not isinstance(url, str):
         raise VideoError("video_url.url must be a string", code=UNSUPPORTED_MEDIA_URL)
@@ -145,12 +150,9 @@ def resolve_video_url(url: str, *, allowed_local_media_path: str | None, limits:
     if scheme == "data":
         return _from_data_url(url, limits)
     if scheme == "file":
-        return _from_file_url(url, allowed_local_media_path, limits)
+        return from_file_url(url, allowed_local_media_path, limits)
     if scheme in ("http", "https"):
-        if fetch_policy is not None and fetch_policy.enabled:
-            from .fetch import fetch_video_sync  # fetch imports this module
-
-            return fetch_video_sync(url, fetch_policy, limits)
+        # Downloads are async (``fetch.fetch_video``); ``load_video`` fetches before it gets here.
         raise VideoError("http(s) video URLs are not enabled on this server; send the video as a "
                          "data:video/...;base64 URL", code=UNSUPPORTED_MEDIA_URL)
     if not url:

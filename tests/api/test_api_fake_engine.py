@@ -2,72 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 import pytest
 
+from tests.helpers.fake_engine import BODY, FakeEngine, client_for
 from vreason.server.api.app import create_app
-from vreason.server.engine.types import ChoiceDelta, EngineClientError, TraceSummary, Usage
-from vreason.server.wire import StepRow
-
-
-class FakeEngine:
-    model_name = "fake"
-    max_model_len = 128
-
-    def __init__(self, ready=True, fail: Exception | None = None, words=("Hello", " world"), delay=0.0):
-        self.ready, self.fail, self.seen, self.aborted = ready, fail, [], []
-        self.words, self.delay = words, delay
-
-    def is_ready(self):
-        return self.ready
-
-    async def generate(self, request, usage: Usage):
-        self.seen.append(request)
-        if self.fail:
-            raise self.fail
-        usage.prompt_tokens = 5
-        for i, word in enumerate(self.words, start=1):
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            usage.completion_tokens = i
-            rows = [StepRow(i, 1.0 * i, 0.1 * i, 1.0, i == 2)]
-            last = i == len(self.words)
-            traced = bool(request.vreason and request.vreason.trace)
-            yield ChoiceDelta(0, word, i, "stop" if last else None, trace_rows=rows if traced else [],
-                              trace_summary=TraceSummary(1, 0, 2, True, positions=4) if traced and last else None)
-
-    async def abort(self, request_id):
-        self.aborted.append(request_id)
-
-    async def stats(self):
-        return {"active_slots": 0}
-
-    def metrics_snapshot(self):
-        return {"num_running": 1, "num_waiting": 2, "kv_cache_usage": 0.25,
-                "vreason": {"active_slots": 1, "controller_bytes": 4096,
-                            "totals": {"updates": 3, "skipped_updates": 1, "created": 2}},
-                "step_seconds": [0.001, 0.002]}
-
-
-def client_for(engine, **settings):
-    from vreason.server.api.settings import APISettings
-
-    app = create_app(engine, manage_engine=False, settings=APISettings(**settings))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+from vreason.server.engine.types import EngineClientError
+from vreason.server.video import VideoError
 
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_non_stream_body():
@@ -125,13 +71,19 @@ async def test_validation_errors(body, status, param):
     assert err["param"] == param and err["message"] and err["type"]
 
 
-async def test_engine_client_error_and_not_ready():
-    fail = EngineClientError("bad video", param="messages", code="video_decode_failed")
+@pytest.mark.parametrize("fail, status", [
+    (EngineClientError("bad video", param="messages", code="video_decode_failed"), 400),
+    (VideoError("bad video", code="video_decode_failed"), 400),  # a ClientError: the same handler
+    (VideoError("bad video", code="video_too_large", status=413), 413),
+])
+async def test_engine_client_error_and_not_ready(fail, status):
     async with client_for(FakeEngine(fail=fail)) as c:
         r = await c.post("/v1/chat/completions", json=BODY)
-        assert r.status_code == 400 and r.json()["error"]["code"] == "video_decode_failed"
+        assert r.status_code == status
+        assert r.json() == {"error": {"message": "bad video", "type": "invalid_request_error",
+                                      "param": "messages", "code": fail.code}}
         r = await c.post("/v1/chat/completions", json={**BODY, "stream": True})
-        assert r.status_code == 400  # raised before the first chunk: a real status, not an SSE error
+        assert r.status_code == status  # raised before the first chunk: a real status, not an SSE error
     async with client_for(FakeEngine(ready=False)) as c:
         assert (await c.get("/health")).status_code == 503
         assert (await c.post("/v1/chat/completions", json=BODY)).status_code == 503

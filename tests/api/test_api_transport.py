@@ -8,15 +8,10 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.test_api_fake_engine import BODY, FakeEngine, client_for
+from tests.helpers.fake_engine import BODY, FakeEngine, client_for
 
 pytestmark = pytest.mark.anyio
 THINK = ["<th", "ink>the square ", "moves</thi", "nk><answer>", "B</answer>"]
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 async def test_reasoning_split_non_stream():
@@ -37,6 +32,40 @@ async def test_reasoning_split_stream_with_tags_cut_across_chunks():
     assert "".join(d.get("content", "") for d in deltas) == "<answer>B</answer>"
     assert all("<" not in d.get("reasoning", "") for d in deltas)
     assert chunks[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
+
+
+# The scripted demo model's answer, one token a string; a tuple is one delta of several tokens
+# (vLLM hands the front end several tokens at once when it falls behind).
+SCRIPTED = ["<think>", " square", " moves", " right", "</think>", "<answer>", "B", "</answer>"]
+GROUPINGS = {
+    "one-token-deltas": SCRIPTED,
+    "close-and-answer-in-one": SCRIPTED[:3] + [tuple(SCRIPTED[3:6])] + SCRIPTED[6:],
+    "open-and-thought-in-one": [tuple(SCRIPTED[:2])] + SCRIPTED[2:],
+    "all-in-one": [tuple(SCRIPTED)],
+    "thought-end-then-answer": SCRIPTED[:4] + [tuple(SCRIPTED[4:])],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("words", GROUPINGS.values(), ids=GROUPINGS.keys())
+async def test_reasoning_tokens_are_counted_per_token_in_multi_token_deltas(words, stream):
+    # <think>, " square", " moves", " right", </think>: 5 tokens, however the deltas group them
+    async with client_for(FakeEngine(words=words)) as c:
+        r = await c.post("/v1/chat/completions", json={**BODY, "stream": stream,
+                                                       **({"stream_options": {"include_usage": True}} if stream else {})})
+    if stream:
+        chunks = [json.loads(e[6:]) for e in r.text.split("\n\n") if e and e != "data: [DONE]"]
+        deltas = [ch["choices"][0]["delta"] for ch in chunks if ch["choices"]]
+        reasoning = "".join(d.get("reasoning", "") for d in deltas)
+        content = "".join(d.get("content", "") for d in deltas)
+        usage = chunks[-1]["usage"]
+    else:
+        j = r.json()
+        reasoning, content = j["choices"][0]["message"]["reasoning"], j["choices"][0]["message"]["content"]
+        usage = j["usage"]
+    assert (reasoning, content) == (" square moves right", "<answer>B</answer>")
+    assert usage["completion_tokens"] == 8
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 5
 
 
 async def test_reasoning_split_can_be_turned_off():
@@ -100,7 +129,8 @@ async def test_metrics_parse_and_move():
     async with client_for(FakeEngine()) as c:
         before = _samples((await c.get("/metrics")).text)
         await c.post("/v1/chat/completions", json={**BODY, "vreason": True})
-        after = _samples((await c.get("/metrics")).text)
+        text = (await c.get("/metrics")).text
+        after = _samples(text)
     assert after["vllm:generation_tokens_total"] == before.get("vllm:generation_tokens_total", 0) + 2
     assert after["vllm:request_success_total"] == 1
     assert after["vreason:controlled_requests_total"] == 1
@@ -109,6 +139,11 @@ async def test_metrics_parse_and_move():
     assert after["vllm:num_requests_waiting"] == 2 and after["vllm:kv_cache_usage_perc"] == 0.25
     assert after["vreason:updates_total"] == 3 and after["vreason:controller_memory_bytes"] == 4096
     assert after["vreason:inner_step_seconds_count"] == 4  # two scrapes drained 2 steps each
+    # the fake's steps take 1 ms and 2 ms: cumulative buckets
+    buckets = {s.labels["le"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "vreason:inner_step_seconds_bucket"}
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.0025"], buckets["+Inf"]) == (0, 2, 4, 4)
+    assert after["vreason:inner_step_seconds_sum"] == pytest.approx(0.006)
 
 
 def _samples(text: str) -> dict[str, float]:

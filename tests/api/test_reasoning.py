@@ -32,3 +32,16 @@ def test_every_two_and_three_way_cut_gives_the_same_split(text, reasoning, conte
             r = "".join(p[0] for p in parts)
             c = "".join(p[1] for p in parts)
             assert c == content and (r if s.saw_reasoning else None) == reasoning, (i, j)
+
+
+def test_choice_counts_per_token_and_falls_back_to_the_whole_delta():
+    from vreason.server.api.chat import Choice
+    from vreason.server.engine.types import ChoiceDelta
+
+    c = Choice(split=True)
+    c.add(ChoiceDelta(0, "<think>a", 2, token_texts=("<think>", "a")))
+    c.add(ChoiceDelta(0, "b</think>xy", 5, token_texts=("b", "</think>", "xy")))
+    assert (c.reasoning, c.content, c.reasoning_tokens) == ("ab", "xy", 4)  # "xy" is the answer
+    # pieces that do not add up to the text are not trusted: the delta counts as one piece
+    c.add(ChoiceDelta(0, "<think>z", 7, "stop", token_texts=("<", "think>")))
+    assert (c.reasoning, c.content, c.reasoning_tokens) == ("abz", "xy", 6)

@@ -11,16 +11,11 @@ import json
 
 import pytest
 
-from tests.api.test_api_fake_engine import BODY, FakeEngine, client_for
+from tests.helpers.fake_engine import BODY, FakeEngine, client_for
 from vreason.server.api.schemas import IGNORED_FIELDS, ChatCompletionRequest
 from vreason.server.engine.types import MAX_LOGPROBS, ChoiceDelta, TokenLogprob, VideoUse
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 async def post(body: dict, engine=None):

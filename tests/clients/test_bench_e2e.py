@@ -15,25 +15,8 @@ pytestmark = pytest.mark.slow
 def test_bench_vreason_vs_baseline_on_one_server(server, tmp_path):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(
-            [
-                "bench",
-                "--base-url",
-                server.url,
-                "--requests",
-                "2",
-                "--concurrency",
-                "1",
-                "2",
-                "--vreason-on",
-                "--max-tokens",
-                "8",
-                "--warmup",
-                "1",
-                "--out",
-                str(tmp_path / "b.json"),
-            ]
-        )
+        rc = main(["bench", "--base-url", server.url, "--requests", "2", "--concurrency", "1", "2", "--vreason-on",
+                   "--max-tokens", "8", "--warmup", "1", "--out", str(tmp_path / "b.json")])
     table = out.getvalue()
     assert rc == 0, table
     assert "| conc | arm |" in table and "**vreason/baseline**" in table and "E2E p99 s" in table
@@ -52,27 +35,7 @@ def test_bench_vreason_vs_baseline_on_one_server(server, tmp_path):
 def test_bench_two_servers(server, media_dir):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(
-            [
-                "bench",
-                "--base-url",
-                server.url,
-                "--base-url-b",
-                server.url + "/v1",
-                "--model",
-                server.model,
-                "--requests",
-                "1",
-                "--concurrency",
-                "1",
-                "--max-tokens",
-                "4",
-                "--warmup",
-                "0",
-                "--video",
-                str(media_dir / "shapes.mp4"),
-                "--video-mode",
-                "file",
-            ]
-        )
+        rc = main(["bench", "--base-url", server.url, "--base-url-b", server.url + "/v1", "--model", server.model,
+                   "--requests", "1", "--concurrency", "1", "--max-tokens", "4", "--warmup", "0",
+                   "--video", str(media_dir / "shapes.mp4"), "--video-mode", "file"])
     assert rc == 0 and "**B/A**" in out.getvalue() and "| 1 | A | 1 | 0 |" in out.getvalue()

@@ -76,3 +76,23 @@ def test_bench_against_nothing():
         ]
     )
     assert rc == 1  # all requests failed, counted, finished
+
+
+def test_flag_defaults_are_the_configs_defaults():
+    import argparse
+
+    from vreason.clients.bench import BenchConfig
+    from vreason.clients.cli import register
+    from vreason.clients.eval.runner import EvalConfig
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    e, ev = parser.parse_args(["eval", "d.jsonl", "--base-url", "u", "--out", "o"]), EvalConfig(base_url="u")
+    assert (e.model, e.mode, e.baseline, e.vreason_options, e.max_tokens, e.temperature, e.top_p, e.concurrency,
+            e.limit, e.video_mode, e.timeout, e.retries, e.api_key) == (
+        ev.model, ev.modes[0], ev.baseline, ev.vreason_options, ev.max_tokens, ev.temperature, ev.top_p,
+        ev.concurrency, ev.limit, ev.video_mode, ev.timeout_s, ev.retries, ev.api_key)
+    b, be = parser.parse_args(["bench", "--base-url", "u"]), BenchConfig(base_url="u")
+    assert (b.requests, tuple(b.concurrency), b.max_tokens, b.temperature, b.video_mode, b.prompt, b.warmup,
+            b.timeout) == (be.requests, be.concurrency, be.max_tokens, be.temperature, be.video_mode, be.prompt,
+                           be.warmup, be.timeout_s)

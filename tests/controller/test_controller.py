@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vreason.kernels.entropy_grad.reference import entropy_grad_reference
 from vreason.server.controller import (ControllerSlab, ControllerState, ParamError, SwitchState, TailWeights,
                                        UpdateInputs, VReasonParams, controlled_values, controller_step, entropy,
                                        group_grad, state_bytes, tail_acts, tail_input_grad, tail_logits,
@@ -27,6 +28,17 @@ def test_entropy_closed_forms():
     assert torch.allclose(entropy(torch.zeros(1, 7)), torch.tensor([math.log(7)]))
     peaked = torch.tensor([[100.0, 0, 0]])
     assert entropy(peaked).item() < 1e-6
+
+
+def test_entropy_of_masked_logits_is_finite_and_the_kernel_reference():
+    # -inf logits (masked tokens, e.g. a grammar or allowed_token_ids) have p = 0 and add 0
+    logits = torch.tensor([[1.0, -math.inf, 0.5, -math.inf], [0.0, 0.0, 0.0, -math.inf]])
+    h = entropy(logits)
+    assert torch.isfinite(h).all()
+    assert torch.equal(h, entropy_grad_reference(logits, torch.ones(2))[0])
+    assert h[1].item() == pytest.approx(math.log(3), abs=1e-6)  # uniform over the 3 unmasked tokens
+    p = torch.softmax(torch.tensor([1.0, 0.5], dtype=torch.float64), -1)
+    assert h[0].item() == pytest.approx(-(p * p.log()).sum().item(), abs=1e-6)
 
 
 def test_norm_restore_keeps_norms_and_none_is_sum():

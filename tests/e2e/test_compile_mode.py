@@ -12,9 +12,9 @@ import os
 
 import pytest
 
-from tests.conftest import start_server, stop_server
-from tests.e2e.test_eager_reference import MAX_TOKENS, QUESTION, hf  # noqa: F401  (module fixture)
-from tests.e2e.test_server_e2e import video_messages
+from tests.helpers.messages import QUESTION, video_messages
+from tests.helpers.oracle import MAX_TOKENS
+from tests.helpers.servers import start_server, stop_server
 from tests.reference.eager_vreason import eager_generate
 from vreason.server.controller import VReasonParams
 
@@ -87,7 +87,7 @@ def test_compiled_equals_eager(eager_results, server, url, key, knobs):
         assert c["ema"] == pytest.approx(e["ema"], abs=1e-4), t
 
 
-def test_compiled_matches_eager_oracle(eager_results, server, hf):  # noqa: F811
+def test_compiled_matches_eager_oracle(eager_results, server, hf):
     proc, model, inputs, hf_url = hf  # the oracle's clip (8 temporal patches)
     knobs = {"update_every": 2, "steps": 1, "lr": 0.05, "beta": 0.9}
     text, steps = _ask(server, hf_url, knobs, max_tokens=MAX_TOKENS)

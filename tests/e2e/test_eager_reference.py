@@ -7,42 +7,19 @@ the original Qwen2.5-VL rule rather than transformers 5.19's (tests/reference/ea
 from __future__ import annotations
 
 import pytest
-import torch
 
-from tests.e2e.test_server_e2e import video_messages
-from tests.helpers.clips import LONG_CLIP
+from tests.helpers.messages import QUESTION, video_messages
+from tests.helpers.oracle import MAX_TOKENS
 from tests.reference.eager_vreason import eager_generate
 from vreason.server.controller import VReasonParams
-from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolve_video_url
 
 pytestmark = pytest.mark.slow
-QUESTION = "What moves in this video?"
-MAX_TOKENS = 32
 
 KNOBS = [
     {"update_every": 1, "steps": 2, "lr": 0.1},
     {"update_every": 3, "steps": 1, "lr": 0.1, "apply": "next", "norm_restore": "none"},
     {"update_every": 2, "steps": 1, "lr": 0.05, "beta": 0.9},
 ]
-
-
-@pytest.fixture(scope="module")
-def hf(demo_model, media_dir):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-    proc = AutoProcessor.from_pretrained(demo_model)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_model, dtype=torch.float32).eval()
-    url = f"file://{media_dir / LONG_CLIP}"
-    limits = VideoLimits()  # the server's defaults
-    video = decode_video(resolve_video_url(url, allowed_local_media_path=str(media_dir), limits=limits),
-                         SamplingSpec(fps=2.0), limits)
-    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
-    text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-    meta = {k: v for k, v in video.metadata.items() if k != "do_sample_frames"}
-    inputs = proc(text=[text], videos=[video.frames], return_tensors="pt",
-                  videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]})
-    assert int(inputs["video_grid_thw"][0, 0]) >= 4  # the case transformers 5.19 gets wrong
-    return proc, model, inputs, url
 
 
 @pytest.mark.parametrize("knobs", KNOBS, ids=["every1-steps2-now", "every3-next-nonorm", "every2-beta0.9"])

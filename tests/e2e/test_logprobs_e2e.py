@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.test_server_e2e import video_messages
+from tests.helpers.messages import video_messages
 
 pytestmark = pytest.mark.slow
 UPDATE_EVERY = 3

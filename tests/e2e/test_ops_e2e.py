@@ -10,8 +10,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_server, stop_server
-from tests.e2e.test_server_e2e import video_messages
+from tests.helpers.messages import video_messages
+from tests.helpers.servers import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"

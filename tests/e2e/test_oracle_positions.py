@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import clean_env
+from tests.helpers.servers import clean_env
 from tests.reference.eager_vreason import eager_generate, mrope_positions
 from vreason.clients.synth_video import write_moving_shapes_mp4
 from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolve_video_url

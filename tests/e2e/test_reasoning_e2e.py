@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import start_server, stop_server
+from tests.helpers.servers import start_server, stop_server
 from vreason.server.demo_model import SCRIPT, ensure_demo_model
 
 pytestmark = pytest.mark.slow

@@ -11,17 +11,12 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import clean_env
 from tests.helpers.clips import LONG_CLIP
+from tests.helpers.messages import QUESTION, video_messages
+from tests.helpers.servers import clean_env
 from vreason.clients.synth_video import mp4_data_url
 
 pytestmark = pytest.mark.slow
-QUESTION = "What moves in this video?"
-
-
-def video_messages(url: str, text: str = QUESTION) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
-                                         {"type": "text", "text": text}]}]
 
 
 def test_non_stream_answer_shape_and_usage(client, server):

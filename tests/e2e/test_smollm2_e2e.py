@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tests.conftest import start_server, stop_server
-from tests.e2e.test_server_e2e import video_messages
+from tests.helpers.messages import video_messages
+from tests.helpers.servers import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

@@ -16,14 +16,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import VENV_BIN, _free_port, clean_env, start_server, stop_server
+from tests.helpers.servers import VENV_BIN, clean_env, free_port, start_server, stop_server, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 STOCK_START_TIMEOUT = 600
@@ -291,7 +290,7 @@ def gen_config(tmp_path_factory) -> Path:
 
 
 def _start_stock(model: Path, media_dir: Path, gen_config: Path, log: Path):
-    port = _free_port()
+    port = free_port()
     cmd = [str(VENV_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", "demo", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--max-model-len", "4096", "--max-num-seqs", "8", "--seed", "0", "--enforce-eager",
@@ -302,16 +301,8 @@ def _start_stock(model: Path, media_dir: Path, gen_config: Path, log: Path):
     # Its own process group, so that stopping it also stops its engine-core and worker children.
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + STOCK_START_TIMEOUT
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"stock vLLM exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    if wait_healthy(proc, url, log, STOCK_START_TIMEOUT, "stock vLLM"):
+        return proc, url
     _stop(proc)
     pytest.fail(f"stock vLLM not healthy in {STOCK_START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.e2e.test_server_e2e import video_messages
+from tests.helpers.messages import video_messages
 from vreason.server.controller import state_bytes
 
 pytestmark = pytest.mark.slow

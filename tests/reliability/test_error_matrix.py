@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.reliability.conftest import assert_openai_error
+from tests.helpers.openai_errors import assert_openai_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ANY = object()  # param / code not pinned

@@ -15,14 +15,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from tests.api.test_api_fake_engine import FakeEngine
+from tests.helpers.fake_engine import FakeEngine
+from tests.helpers.openai_errors import ERROR_KEYS
 from vreason.server.api.app import create_app
 
 FAST = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 LIVE = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
-ERROR_KEYS = {"message", "type", "param", "code"}
 
 app = create_app(FakeEngine(), manage_engine=False)
 fake_schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import start_server, stop_server
-from tests.reliability.conftest import assert_openai_error
+from tests.helpers.openai_errors import assert_openai_error
+from tests.helpers.servers import start_server, stop_server
 from vreason.clients.synth_video import mp4_data_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -27,7 +27,7 @@ def policy(hosts=("127.0.0.1", "localhost"), private=True, **kw) -> FetchPolicy:
 
 
 def fetch(url, pol, limits=LIMITS):
-    return resolve_video_url(url, allowed_local_media_path=None, limits=limits, fetch_policy=pol)
+    return asyncio.run(fetch_mod.fetch_video(url, pol, limits))
 
 
 def fetch_error(url, pol, limits=LIMITS, within=5.0) -> VideoError:
@@ -43,15 +43,19 @@ def fetch_error(url, pol, limits=LIMITS, within=5.0) -> VideoError:
 
 @pytest.mark.parametrize("pol", [None, FetchPolicy(), FetchPolicy(allow_private=True)])
 def test_fetching_is_off_without_allowed_hosts(origin, pol):
-    err = fetch_error(f"{origin.base}/clip.mp4", pol)
-    assert err.code == "unsupported_media_url" and err.status == 400
-    assert origin.seen == []
+    url = f"{origin.base}/clip.mp4"
+    with pytest.raises(VideoError) as e:  # the server's path: no download, an unsupported URL
+        asyncio.run(load_video(url, fetch_policy=pol))
+    assert e.value.code == "unsupported_media_url" and e.value.status == 400
     with pytest.raises(VideoError) as e:
-        asyncio.run(fetch_mod.fetch_video(f"{origin.base}/clip.mp4", FetchPolicy(), LIMITS))
-    assert e.value.code == "media_fetch_disallowed"
+        resolve_video_url(url, allowed_local_media_path=None, limits=LIMITS)
+    assert e.value.code == "unsupported_media_url"
+    if pol is not None:
+        assert fetch_error(url, pol).code == "media_fetch_disallowed"
+    assert origin.seen == []
 
 
-def test_fetch_real_mp4_sync_and_through_load_video(origin, clip_bytes):
+def test_fetch_real_mp4_directly_and_through_load_video(origin, clip_bytes):
     src = fetch(f"{origin.base}/clip.mp4", policy())
     assert src.data == clip_bytes and src.suffix == ".mp4"
     video = asyncio.run(load_video(f"{origin.base}/clip.mp4", fetch_policy=policy()))

@@ -56,3 +56,15 @@ def test_vllm_frame_list_url():
     url = "data:video/jpeg;base64,AAAA,BBBB"
     assert is_frame_list_url(url) and not is_frame_list_url("data:video/mp4;base64,AAAA")
     assert split_frame_list(url) == ["data:image/jpeg;base64,AAAA", "data:image/jpeg;base64,BBBB"]
+
+
+def test_image_data_urls_share_the_video_data_url_rules():
+    # one decoder for every data URL: the same byte cap (413), empty and bad-base64 refusals
+    limits = VideoLimits(max_bytes=100)
+    for payload, code, status in [(base64.b64encode(b"x" * 101).decode(), "video_too_large", 413),
+                                  ("!" * 10_000, "video_too_large", 413), ("", "video_empty", 400),
+                                  ("QUI", "invalid_data_url", 400)]:
+        with pytest.raises(VideoError) as e:
+            decode_frames(["data:image/png;base64," + payload], fps=1.0, limits=limits)
+        assert (e.value.code, e.value.status, e.value.param) == (code, status, "messages"), payload
+        assert "image frame data URL" in e.value.message

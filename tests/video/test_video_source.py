@@ -145,9 +145,3 @@ def test_other_urls_refused(url, fragment):
 
 def test_non_string_url():
     assert _error(b"data:video/mp4;base64,QUJD").code == "unsupported_media_url"
-
-
-def test_error_body_shape():
-    body = _error("http://x/v.mp4").to_openai_error()
-    assert body["error"]["type"] == "invalid_request_error"
-    assert body["error"]["code"] == "unsupported_media_url" and body["error"]["param"] == "messages"

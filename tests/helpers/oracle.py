@@ -1,0 +1,34 @@
+"""Inputs of the eager HF-transformers oracle (tests/reference/eager_vreason.py) for the long clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.helpers.clips import LONG_CLIP
+from tests.helpers.messages import QUESTION
+from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolve_video_url
+
+MAX_TOKENS = 32  # tokens generated in the oracle comparisons
+
+
+def oracle_inputs(demo_model: Path, media_dir: Path):
+    """(processor, fp32 eager model, processor inputs, file URL) for QUESTION about the long clip,
+    sampled with the server's defaults. The clip samples to 8 temporal patches, where the M-RoPE
+    positions after the video follow the original Qwen2.5-VL rule (see the reference's notes)."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    proc = AutoProcessor.from_pretrained(demo_model)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_model, dtype=torch.float32).eval()
+    url = f"file://{media_dir / LONG_CLIP}"
+    limits = VideoLimits()  # the server's defaults
+    video = decode_video(resolve_video_url(url, allowed_local_media_path=str(media_dir), limits=limits),
+                         SamplingSpec(), limits)
+    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    meta = {k: v for k, v in video.metadata.items() if k != "do_sample_frames"}
+    inputs = proc(text=[text], videos=[video.frames], return_tensors="pt",
+                  videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]})
+    assert int(inputs["video_grid_thw"][0, 0]) >= 4  # the case transformers 5.19 gets wrong
+    return proc, model, inputs, url
