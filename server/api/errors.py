@@ -10,7 +10,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vreason.server.controller.params import ParamError
 from vreason.server.engine.types import EngineUnavailable
 from vreason.server.errors import ClientError
 
@@ -31,13 +30,11 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def error_fields(exc: Exception) -> tuple[int, str, str | None, str | None]:
     """(status, message, param, code) of an exception the server answers as a client or 503 error.
 
-    ClientError (VideoError and EngineClientError are ClientErrors), ParamError (a bad vreason
-    option, 400) and EngineUnavailable (503); anything else is an internal error (500).
+    ClientError (VideoError, EngineClientError and ParamError, a bad vreason option, are
+    ClientErrors) and EngineUnavailable (503); anything else is an internal error (500).
     """
     if isinstance(exc, ClientError):
         return exc.status, exc.message, exc.param, exc.code
-    if isinstance(exc, ParamError):
-        return 400, str(exc), exc.param, "invalid_vreason_option"
     if isinstance(exc, EngineUnavailable):
         return 503, str(exc) or "engine unavailable", None, "engine_unavailable"
     return 500, "internal server error", None, "internal_error"
@@ -94,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _known(request: Request, exc: Exception):
         return error_response(*error_fields(exc))
 
-    for exc_type in (ClientError, ParamError, EngineUnavailable):
+    for exc_type in (ClientError, EngineUnavailable):
         app.add_exception_handler(exc_type, _known)
 
     @app.exception_handler(StarletteHTTPException)

@@ -12,17 +12,19 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
+from vreason.server.errors import ClientError
+
 NORM_RESTORE = ("token", "none")
 APPLY = ("now", "next")
 TARGETS = ("video", "image", "visual", "text")
 
 
-class ParamError(ValueError):
-    """A bad V-Reason option; `param` names the field (for the HTTP 400's `param`)."""
+class ParamError(ClientError, ValueError):
+    """A bad V-Reason option (HTTP 400); `param` names the field. Also a ValueError, for callers
+    outside HTTP (the CLI's defaults)."""
 
     def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param=param, code="invalid_vreason_option")
 
 
 @dataclass(frozen=True)

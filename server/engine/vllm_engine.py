@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from vreason.server.wire import (CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, NO_SLOT, POSITIONS_KEY, REQUEST_TAG_KEY,
                                  SLOTS_KEY)
-from vreason.server.video import FetchPolicy, SamplingSpec, VideoError, VideoLimits, load_video
+from vreason.server.video import DEFAULT_FPS, FetchPolicy, SamplingSpec, VideoLimits, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
 from .scheduler_stats import scheduler_stats_logger
 from .support import vllm_config_reasons
+from .token_texts import token_texts
 from .traces import TraceHub
 from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
                     Message, RequestFailed, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
@@ -48,7 +49,7 @@ class EngineConfig:
     allowed_local_media_path: str | None = None
     video_limits: VideoLimits = field(default_factory=VideoLimits)
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
-    default_fps: float = 2.0
+    default_fps: float = DEFAULT_FPS
     enable_prefix_caching: bool = True
     generation_config: str = "auto"
     """vLLM's --generation-config: "auto" (the model's generation_config.json defaults), "vllm"
@@ -297,10 +298,7 @@ class VllmEngine:
                                     fps_param=v.fps_param)
                 jobs.append(load_video(u, spec=spec, limits=limits, allowed_local_media_path=local,
                                        fetch_policy=self.cfg.fetch_policy))
-        try:
-            videos = await asyncio.gather(*jobs)
-        except VideoError as e:
-            raise EngineClientError(e.message, param=e.param, code=e.code, status=e.status) from e
+        videos = await asyncio.gather(*jobs)  # a VideoError is a ClientError: answered as it is
         for i, ((asked, over, param), d) in enumerate(zip(uses, videos)):
             usage.videos.append(VideoUse(frames=int(d.frames.shape[0]), requested=asked, capped=over, param=param))
             if over:
@@ -371,7 +369,9 @@ class VllmEngine:
                         counts[i] += len(c.token_ids)
                         usage.completion_tokens = sum(counts)
                         delta = ChoiceDelta(i, c.text, counts[i], c.finish_reason, stop_reason=c.stop_reason,
-                                            logprobs=self._logprobs(c, params.logprobs))
+                                            logprobs=self._logprobs(c, params.logprobs),
+                                            token_texts=token_texts(self._tokenizer, c.token_ids,
+                                                                    params.skip_special_tokens))
                         if trace is not None:
                             if c.finish_reason is not None:
                                 end = await trace.wait_end(i, self.is_ready)

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import start_server, stop_server
+from tests.helpers.servers import start_server, stop_server
 from vreason.server.controller import state_bytes
 
 pytestmark = pytest.mark.slow
