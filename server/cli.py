@@ -110,7 +110,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "refuses to start where V-Reason cannot run (with off it starts with V-Reason disabled, says why, and "
         "answers requests that ask for it 400)", choices=["on", "off"])
     add("--vreason-max-controlled", None, "controller slots: controlled choices decoded at once, allocated at "
-        "start-up; more get 429 (default: --max-num-seqs)", type=int)
+        "start-up; below --max-num-seqs, more get 429 (default: --max-num-seqs: controlled requests queue)", type=int)
     add("--vreason-max-video-tokens", None, "controlled positions (video tokens) per request, allocated per "
         "slot at start-up; more get 400 (default: --max-model-len)", type=int)
     add("--speculative-config", None, "JSON, vLLM's speculative decoding config (V-Reason is then unavailable)")

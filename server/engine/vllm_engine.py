@@ -65,7 +65,9 @@ class EngineConfig:
     """Refuse to start when V-Reason cannot run on this deployment (`--vreason on`); otherwise
     the server starts with V-Reason disabled, says why, and answers controlled requests 400."""
     vreason_max_controlled: int | None = None
-    """Controller slots: controlled sequences (choices) at once; more get 429. None: max_num_seqs."""
+    """Controller slots: controlled sequences (choices) at once. None: max_num_seqs, so every
+    running sequence can have one and controlled requests queue like plain ones; fewer: a
+    controlled request that does not fit gets 429."""
     vreason_max_video_tokens: int | None = None
     """Controlled positions (video tokens) one request may have; more get 400. None: max_model_len."""
 
@@ -261,7 +263,10 @@ class VllmEngine:
                     "(mm_processor_kwargs.num_frames) or smaller ones (max_pixels)", param="messages",
                     code="vreason_budget")
         n, slots = request.sampling.n, self.cfg.vreason_slots
-        if self._controlled + n > slots:
+        # With a slot for every sequence vLLM runs at once, a request waits in vLLM's queue like
+        # any other (bounded by --max-queue); with fewer, the slots are the limit. Each data-
+        # parallel engine has its own slab.
+        if slots < self.cfg.max_num_seqs and self._controlled + n > slots * self.cfg.data_parallel_size:
             raise EngineClientError(f"all {slots} V-Reason controller slots are in use; retry shortly",
                                     param=None, code="vreason_busy", status=429)
         self._controlled += n

@@ -122,7 +122,7 @@ def test_slots_freed_on_finish_and_on_disconnect(client, server, url):
     ask(client, server, url, vreason={"update_every": 1}, max_tokens=4)
     assert server.wait_idle()["active_slots"] == 0
     body = {"model": server.model, "messages": video_messages(url), "max_tokens": 2000, "stream": True,
-            "vreason": {"update_every": 1}, "temperature": 0}
+            "vreason": {"update_every": 1}, "temperature": 0, "ignore_eos": True}  # never ends by itself
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i == 6:
