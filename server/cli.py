@@ -109,11 +109,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--vreason", "off", "V-Reason for requests that do not say: on or off. With on, the server also "
         "refuses to start where V-Reason cannot run (with off it starts with V-Reason disabled, says why, and "
         "answers requests that ask for it 400)", choices=["on", "off"])
-    add("--vreason-max-controlled", None, "controller slots: controlled choices decoded at once, allocated at "
+    add("--vreason-max-controlled", e["vreason_max_controlled"], "controller slots: controlled choices decoded at once, allocated at "
         "start-up; below --max-num-seqs, more get 429 (default: --max-num-seqs: controlled requests queue)", type=int)
-    add("--vreason-max-video-tokens", None, "controlled positions (video tokens) per request, allocated per "
+    add("--vreason-max-video-tokens", e["vreason_max_video_tokens"], "controlled positions (video tokens) per request, allocated per "
         "slot at start-up; more get 400 (default: --max-model-len)", type=int)
     add("--speculative-config", None, "JSON, vLLM's speculative decoding config (V-Reason is then unavailable)")
+    add("--attention-backend", e["attention_backend"], "vLLM's attention backend (e.g. FLASH_ATTN, TRITON_ATTN); "
+        "default: vLLM's choice. V-Reason reads the paged cache of CPU_ATTN, FLASH_ATTN and TRITON_ATTN")
     add("--enable-test-knobs", False, "accept the test-only vreason options force_alpha, nan_at_step and "
         "fail_at_step from clients (tests only: never on a server reachable by untrusted clients)",
         action="store_true")
@@ -194,7 +196,8 @@ def serve(args) -> int:
         default_fps=args.video_fps, enable_prefix_caching=not args.no_prefix_caching,
         data_parallel_size=args.data_parallel_size, generation_config=args.generation_config,
         cap_frames=args.video_frames_over_cap == "cap", enforce_eager=args.enforce_eager,
-        speculative_config=speculative, vreason_required=args.vreason == "on",
+        speculative_config=speculative, attention_backend=args.attention_backend,
+        vreason_required=args.vreason == "on",
         vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens)
     if settings.test_knobs:
         logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")

@@ -61,6 +61,8 @@ class EngineConfig:
     enforce_eager: bool = False
     speculative_config: dict | None = None
     """vLLM's --speculative-config, passed through (V-Reason is then unavailable)."""
+    attention_backend: str | None = None
+    """vLLM's --attention-backend (None: vLLM's choice)."""
     vreason_required: bool = False
     """Refuse to start when V-Reason cannot run on this deployment (`--vreason on`); otherwise
     the server starts with V-Reason disabled, says why, and answers controlled requests 400."""
@@ -111,7 +113,7 @@ def _engine_args(cfg: EngineConfig):
         generation_config=cfg.generation_config, max_logprobs=cfg.max_logprobs,
         worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
         additional_config={SLOTS_KEY: cfg.vreason_slots, POSITIONS_KEY: cfg.vreason_positions},
-        speculative_config=cfg.speculative_config,
+        speculative_config=cfg.speculative_config, attention_backend=cfg.attention_backend,
     )
     if cfg.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
