@@ -15,17 +15,17 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from vreason.server.wire import (CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, NO_SLOT, POSITIONS_KEY, REQUEST_TAG_KEY,
-                                 SLOTS_KEY)
+from vreason.server.wire import DISABLED_KEY, EXTRA_ARGS_KEY, POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY
 from vreason.server.video import DEFAULT_FPS, FetchPolicy, SamplingSpec, VideoLimits, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
+from .controlled import SlotBudget, per_choice_outputs, raise_if_failed
 from .scheduler_stats import scheduler_stats_logger
 from .support import vllm_config_reasons
 from .token_texts import token_texts
 from .traces import TraceHub
 from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
-                    Message, RequestFailed, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
+                    Message, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
 
 logger = logging.getLogger("vreason.engine")
 
@@ -135,7 +135,7 @@ class VllmEngine:
         self._tokenizer = None
         self.vreason_unavailable: tuple[str, ...] = ()
         """Why V-Reason cannot run on this deployment (empty: it can)."""
-        self._controlled = 0  # controller slots held by admitted requests (one per choice)
+        self._slots = SlotBudget(cfg.vreason_slots, cfg.vreason_positions, cfg.max_num_seqs, cfg.data_parallel_size)
         self._children: dict[str, list[str]] = {}  # our request id -> its engine requests (controlled)
 
     async def start(self) -> None:
@@ -195,7 +195,7 @@ class VllmEngine:
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
         worker = (await self._llm.collective_rpc("vreason_stats"))[0]
-        return {**worker, "controlled_slots_admitted": self._controlled,
+        return {**worker, "controlled_slots_admitted": self._slots.admitted,
                 "orphan_records": self.traces.orphan_records}
 
     def metrics_snapshot(self) -> dict:
@@ -226,53 +226,6 @@ class VllmEngine:
             videos = await self._load_videos(request, urls, usage)
             prompt["multi_modal_data"] = {"video": [(d.frames, d.metadata) for d in videos]}
         return prompt
-
-    def _video_tokens(self, frames) -> int:
-        """Video placeholder tokens vLLM's Qwen2.5-VL processor makes of these frames [T, H, W, C]:
-        frames resized to multiples of patch x merge within the processor's pixel bounds, padded
-        to whole temporal patches, merge x merge patches per token."""
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-        vp = self._processor.video_processor
-        t, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
-        factor = vp.patch_size * vp.merge_size
-        rh, rw = smart_resize(h, w, factor=factor, min_pixels=vp.size["shortest_edge"],
-                              max_pixels=vp.size["longest_edge"])
-        grid_t = max((t + (-t % vp.temporal_patch_size)) // vp.temporal_patch_size, 1)
-        return grid_t * (rh // vp.patch_size) * (rw // vp.patch_size) // vp.merge_size ** 2
-
-    def _check_vreason(self, request: GenerateRequest) -> None:
-        """A controlled request this server cannot control is refused before any work (400)."""
-        if self.vreason_unavailable:
-            raise EngineClientError("V-Reason is not available on this server: " + "; ".join(self.vreason_unavailable),
-                                    param="vreason", code="vreason_unavailable")
-        n, slots = request.sampling.n, self.cfg.vreason_slots
-        if n > slots:
-            raise EngineClientError(f"V-Reason with n={n} needs {n} controller slots, and this server has {slots} "
-                                    "(--vreason-max-controlled)", param="n", code="vreason_budget")
-
-    def _admit(self, request: GenerateRequest, prompt: dict) -> int:
-        """Reserve the request's controller slots (one per choice), or refuse it: 400 when it can
-        never fit, 429 while the slots are taken. Returns the slots reserved."""
-        videos = (prompt.get("multi_modal_data") or {}).get("video", [])
-        if request.vreason.targets in ("video", "visual"):
-            positions = sum(self._video_tokens(frames) for frames, _ in videos)
-            limit = self.cfg.vreason_positions
-            if positions > limit:
-                raise EngineClientError(
-                    f"V-Reason controls the request's {positions} video tokens, and this server allows at most "
-                    f"{limit} per request (--vreason-max-video-tokens): send fewer frames "
-                    "(mm_processor_kwargs.num_frames) or smaller ones (max_pixels)", param="messages",
-                    code="vreason_budget")
-        n, slots = request.sampling.n, self.cfg.vreason_slots
-        # With a slot for every sequence vLLM runs at once, a request waits in vLLM's queue like
-        # any other (bounded by --max-queue); with fewer, the slots are the limit. Each data-
-        # parallel engine has its own slab.
-        if slots < self.cfg.max_num_seqs and self._controlled + n > slots * self.cfg.data_parallel_size:
-            raise EngineClientError(f"all {slots} V-Reason controller slots are in use; retry shortly",
-                                    param=None, code="vreason_busy", status=429)
-        self._controlled += n
-        return n
 
     async def _load_videos(self, request: GenerateRequest, urls: list, usage: Usage) -> list:
         """Decode each video (a URL, or a list of frame URLs) within the server's caps.
@@ -356,10 +309,10 @@ class VllmEngine:
             raise EngineUnavailable("engine is not running")
         controlled = request.vreason is not None and request.vreason.enabled
         if controlled:
-            self._check_vreason(request)
+            self._slots.check(request, self.vreason_unavailable)
         params = self._sampling_params(request)  # refuse bad sampling fields before decoding videos
         prompt = await self._prompt(request, usage)
-        reserved = self._admit(request, prompt) if controlled else 0
+        reserved = self._slots.admit(request, prompt, self._processor) if controlled else 0
         n = request.sampling.n
         trace = self.traces.register(request.request_id, n) if controlled else None
         traced = controlled and request.vreason.trace
@@ -387,7 +340,7 @@ class VllmEngine:
                                                    "worker", request.request_id, i)
                                 if traced:
                                     delta.trace_summary = trace.summary(i, end)
-                            self._raise_if_failed(request, trace)
+                            raise_if_failed(trace)
                             if traced:
                                 delta.trace_rows = trace.take(i, counts[i])
                         yield delta
@@ -404,24 +357,14 @@ class VllmEngine:
                     raise EngineUnavailable("the inference engine has stopped") from e
                 raise
         finally:
-            self._controlled -= reserved
+            self._slots.release(reserved)
             if trace is not None:
                 self.traces.unregister(request.request_id)
 
-    def _raise_if_failed(self, request: GenerateRequest, trace) -> None:
-        """A controller that failed ends its whole request with an error (never a quiet 200)."""
-        end = trace.failure
-        if end is None:
-            return
-        what = "could not get a controller slot" if end.code == NO_SLOT else "failed"
-        raise RequestFailed(f"V-Reason {what} for this request (choice {end.choice}, at step {end.steps + 1}): "
-                            f"{end.error}. Other requests are not affected.", code=end.code)
-
     async def _outputs(self, request: GenerateRequest, prompt: dict, params):
-        """vLLM's RequestOutputs as (choice index, output). A plain request is one engine request
-        (vLLM fans n out itself, index None: read it from the output). A controlled request is one
-        engine request per choice, each carrying its index for the worker, so the V-Reason records
-        name their choice explicitly; seeds follow vLLM's own rule for n > 1 (seed + index)."""
+        """vLLM's RequestOutputs as (choice index or None, output): a plain request is one engine
+        request (vLLM fans n out itself; read the index from the output), a controlled one an
+        engine request per choice (controlled.py)."""
         if request.vreason is None or not request.vreason.enabled:
             async for out in self._llm.generate(prompt, params, request.request_id):
                 yield None, out
@@ -429,36 +372,10 @@ class VllmEngine:
         n = request.sampling.n
         ids = [request.request_id] if n == 1 else [f"{request.request_id}-{i}" for i in range(n)]
         self._children[request.request_id] = ids
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i: int, rid: str) -> None:
-            child = params.clone()
-            child.n = 1
-            if params.seed is not None and n > 1:
-                child.seed = params.seed + i
-            child.extra_args = {**(params.extra_args or {}), CHOICE_KEY: i}
-            try:
-                async for out in self._llm.generate(prompt, child, rid):
-                    await queue.put((i, out))
-            except BaseException as e:  # noqa: BLE001 - handed to the reader
-                await queue.put((i, e))
-                return
-            await queue.put((i, None))
-
-        tasks = [asyncio.ensure_future(pump(i, rid)) for i, rid in enumerate(ids)]
         try:
-            left = n
-            while left:
-                i, item = await queue.get()
-                if item is None:
-                    left -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield i, item
+            async for item in per_choice_outputs(self._llm, prompt, params, ids):
+                yield item
         finally:
-            for t in tasks:
-                t.cancel()
             self._children.pop(request.request_id, None)
 
     def _logprobs(self, c, num_top: int | None) -> list[TokenLogprob] | None:

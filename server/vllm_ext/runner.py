@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from vllm.logger import init_logger
@@ -43,6 +43,7 @@ from .overlay import OverlayPlan
 from .paged_cache import token_runs
 from .support import model_reasons
 from .trace_channel import TracePusher
+from .warm_up import warm_up_kernels
 
 logger = init_logger("vllm.vreason")  # under vLLM's logger, so the worker's start-up log shows it
 
@@ -171,7 +172,7 @@ class VReasonRunnerMixin:
             try:
                 report.finish()  # reads the trace values once, after the sampler
             except Exception as e:  # noqa: BLE001
-                self._vr_fail_rows(e, [s for s in report.rows])
+                self._vr_fail_rows(e, list(report.rows))
                 report = None
             if report is not None:
                 self._vr_after_step(report, time.perf_counter() - t0)
@@ -221,16 +222,17 @@ class VReasonRunnerMixin:
         if req_id not in self._vr_requests:
             extra = self.requests[req_id].sampling_params.extra_args or {}
             raw = extra.get(EXTRA_ARGS_KEY)
-            params = VReasonParams.from_dict(raw) if raw is not None else None
-            self._vr_requests[req_id] = (Controlled(params, str(extra.get(REQUEST_TAG_KEY, req_id)),
-                                                    int(extra.get(CHOICE_KEY, 0)))
-                                         if params is not None and params.enabled else None)
+            self._vr_requests[req_id] = None
+            if raw is not None:
+                c = Controlled(VReasonParams(), str(extra.get(REQUEST_TAG_KEY, req_id)), int(extra.get(CHOICE_KEY, 0)))
+                try:
+                    params = VReasonParams.from_dict(raw)
+                except Exception as e:  # noqa: BLE001 - unreadable options: end it by its tag
+                    self._vr_requests[req_id] = c
+                    self._vr_fail(req_id, e)
+                    return None
+                self._vr_requests[req_id] = replace(c, params=params) if params.enabled else None
         return self._vr_requests[req_id]
-
-    def _controlled_fallback(self, req_id: str) -> Controlled:
-        """For a request whose options the worker cannot read: enough to end it by its tag."""
-        extra = self.requests[req_id].sampling_params.extra_args or {}
-        return Controlled(VReasonParams(), str(extra.get(REQUEST_TAG_KEY, req_id)), int(extra.get(CHOICE_KEY, 0)))
 
     def _vr_end(self, c: Controlled, s: ControllerState | None, code: str | None = None,
                 error: str | None = None) -> None:
@@ -298,8 +300,6 @@ class VReasonRunnerMixin:
                     positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
                     loads.append((s, i, positions.to(self.device)))
             except Exception as e:  # noqa: BLE001 - this request's own bookkeeping
-                if r not in self._vr_requests:  # its options did not parse: end it by its tag
-                    self._vr_requests[r] = self._controlled_fallback(r)
                 self._vr_fail(r, e)
                 continue
             self._vr_rows.append((i, s))
@@ -419,26 +419,3 @@ class VReasonRunnerMixin:
             except Exception:  # noqa: BLE001 - the channel must never stop the engine
                 logger.exception("V-Reason: could not send on the trace channel")
 
-
-def warm_up_kernels(device, num_heads: int, num_kv_heads: int, head_dim: int, vocab: int,
-                    cache_dtype: torch.dtype) -> float:
-    """Run each kernel once on tiny inputs with the deployment's head shapes, so Triton compiles
-    at start-up (GPU) and not on the first controlled request; returns the seconds it took."""
-    from vreason.kernels import controlled_attention, controller_update, entropy_grad
-
-    t0 = time.perf_counter()
-    f32 = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=device)  # noqa: E731
-    i32 = lambda *shape, fill=0: torch.full(shape, fill, dtype=torch.int32, device=device)  # noqa: E731
-    entropy_grad(f32(1, vocab), f32(1) + 1)
-    n = 2 * num_kv_heads
-    controller_update(f32(n, head_dim), f32(n, head_dim), f32(n, head_dim), f32(n, head_dim) + 1,
-                      f32(n, head_dim), i32(n, fill=1), f32(n) + 1e-3, norm_restore=True)
-    block = 16
-    cache = torch.zeros(1, num_kv_heads, block, head_dim, dtype=cache_dtype, device=device)
-    controlled_attention(torch.zeros(1, num_heads, head_dim, dtype=cache_dtype, device=device), cache, cache,
-                         i32(1, 1), i32(1, fill=4), i32(1, 1), i32(1, 1, fill=2),
-                         torch.zeros(1, num_kv_heads, 2, head_dim, dtype=cache_dtype, device=device),
-                         head_dim ** -0.5)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0

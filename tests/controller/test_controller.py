@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from tests.helpers.numerics import sum_roundoff
+
 from vreason.kernels.entropy_grad.reference import entropy_grad_reference
 from vreason.server.controller import (ControllerSlab, ControllerState, ParamError, SwitchState, TailWeights,
                                        UpdateInputs, VReasonParams, controlled_values, controller_step, entropy,
@@ -256,10 +258,16 @@ def test_one_failing_row_fails_alone_and_the_others_match_a_solo_run():
             failed_at = step
             live[i][0].slot = -1  # the runner releases a failed request
     assert failed_at == 2
+    # Both runs do the same maths and differ only in fp32 summation order (a batched GEMM vs one
+    # row after the retry). Per step about 6 chained reductions (o_proj, gate_up, down, lm_head,
+    # softmax, entropy) of at most VOCAB terms, each within sum_roundoff(VOCAB) of the sum of its
+    # |terms| (tests/helpers/numerics.py), over 4 steps: 24 such errors, on entropies <= log VOCAB
+    # and on deltas moved by at most lr per Adam step (2 updates).
+    rel = 24 * sum_roundoff(VOCAB)
+    tol_h, tol_d = rel * math.log(VOCAB), rel * 2 * good.lr
     for (s, *_), (ref, *_) in zip([batch[0], batch[2]], solo):
-        # the same maths, batched differently (one row alone after the retry): fp32 rounding only
-        assert [r.entropy for r in s.history] == pytest.approx([r.entropy for r in ref.history], abs=1e-5)
-        assert torch.allclose(s.delta, ref.delta, atol=1e-6) and s.updates == ref.updates == 2
+        assert [r.entropy for r in s.history] == pytest.approx([r.entropy for r in ref.history], abs=tol_h)
+        assert (s.delta - ref.delta).abs().max() <= tol_d and s.updates == ref.updates == 2
     assert len(batch[1][0].history) == 1  # step 1 only: no row for the failed step
 
 

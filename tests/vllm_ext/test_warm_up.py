@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from vreason.server.vllm_ext.runner import warm_up_kernels
+from vreason.server.vllm_ext.warm_up import warm_up_kernels
 
 
 def test_warm_up_runs_every_kernel_once_on_valid_shapes():
