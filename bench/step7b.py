@@ -10,15 +10,22 @@ the work V-Reason adds to one decode step for R controlled rows:
 - `new`: the in-forward overlay (server/controller + kernels): layer L's attention reads the
   cached Vn (on CPU this runs next to the stock attention, so it is counted as extra); the
   logits are already controlled; an update adds the hand-written input-gradient backward, the
-  fused Adam in the slab and one lean tail forward.
+  fused Adam in the slab and one lean tail forward. Its tail weights are what the server builds
+  by default (with transposed copies for the input gradient where `wants_transposed` says so).
+- `new-shared`: `new` with --vreason-transposed-tail off (the input gradient reads W itself: on
+  CPU one `mv` per row, so R rows read each weight R times).
 
 Each pass is compared with its byte floor = bytes it must move / copy bandwidth, the bandwidth
 measured by a large device copy right before and after the timed section (floors use their
 mean). A plain 7B decode step's floor (14.14 GB of weights + 56 KB of KV per context token per
-row) is the comparison for the per-token overhead. Runs unchanged on CUDA (events not needed:
-it synchronises around each timed call).
+row) is the comparison for the per-token overhead. Where GEMMs are compute-bound (a CPU
+without native bf16: R rows cost about R times one), the byte floor is not reachable by any
+plain step either, so the run also measures a plain step's GEMMs (28 decoder layers' linears and
+lm_head, `F.linear` in bf16 on R rows, as vLLM runs them here): a lower bound on a measured plain
+step, and the per-token overhead against it. Runs unchanged on CUDA (events not needed: it
+synchronises around each timed call).
 
-    .venv/bin/python bench/step7b.py [--impl old new] [--batch 1 4] [--repeats 3] [--device cuda]
+    .venv/bin/python bench/step7b.py [--impl old new new-shared] [--batch 1 4] [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ def timed(fn, device, repeats):
 
 
 def make_weights(device):
+    """Layer L's tail and lm_head, random bf16, as plain tensors (no transposed copies)."""
     from vreason.server.controller import TailWeights
 
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -83,6 +91,34 @@ def make_weights(device):
     ones = lambda: torch.ones(HIDDEN, dtype=torch.bfloat16, device=device)  # noqa: E731
     return TailWeights(o_proj=r(HIDDEN, HQ * D), post_norm=ones(), gate_up=r(2 * INTER, HIDDEN),
                        down=r(HIDDEN, INTER), final_norm=ones(), lm_head=r(VOCAB, HIDDEN), eps=1e-6)
+
+
+def served_weights(w, impl: str):
+    """The tail weights the server would hold for `impl` (transposed copies by the server's rule)."""
+    from vreason.server.controller import wants_transposed, with_transposed
+
+    return with_transposed(w) if impl == "new" and wants_transposed(w) else w
+
+
+def plain_gemm_seconds(rows: int, device, repeats: int) -> float:
+    """Measured seconds of a plain 7B decode step's GEMMs on R rows: 28 x one decoder layer's
+    linears (qkv, o_proj, gate_up, down) + lm_head, bf16 `F.linear`. A lower bound on a plain step
+    (no attention, norms or sampling), measured next to the V-Reason passes."""
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cpu").manual_seed(7)
+    r = lambda *s: (torch.randn(*s, generator=g) * 0.02).to(torch.bfloat16).to(device)  # noqa: E731
+    layer = [r((HQ + 2 * HKV) * D, HIDDEN), r(HIDDEN, HQ * D), r(2 * INTER, HIDDEN), r(HIDDEN, INTER)]
+    head = r(VOCAB, HIDDEN)
+    xs = {w.shape[1]: r(rows, w.shape[1]) for w in layer}
+
+    def one_layer():
+        for w in layer:
+            F.linear(xs[w.shape[1]], w)
+
+    t_layer = timed(one_layer, device, repeats)[0]
+    t_head = timed(lambda: F.linear(xs[HIDDEN], head), device, repeats)[0]
+    return 28 * t_layer + t_head
 
 
 def weight_bytes(w) -> dict[str, int]:
@@ -194,7 +230,7 @@ def pass_bytes(impl: str, update: bool, rows: int, wb: dict[str, int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--impl", nargs="+", default=["old", "new"], choices=["old", "new"])
+    ap.add_argument("--impl", nargs="+", default=["old", "new"], choices=["old", "new", "new-shared"])
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -211,16 +247,18 @@ def main() -> None:
     lines = ["| impl | rows | pass | measured s | bytes GB | floor s | x floor | copy GB/s before/after |",
              "|---|---|---|---|---|---|---|---|"]
     summary = ["| impl | rows | per-token extra s | plain step floor s | overhead vs plain floor | "
-               "extra bytes vs plain |", "|---|---|---|---|---|---|"]
+               "extra bytes vs plain | plain GEMMs measured s | overhead vs measured plain GEMMs |",
+               "|---|---|---|---|---|---|---|---|"]
+    plain_measured = {rows: plain_gemm_seconds(rows, device, args.repeats) for rows in args.batch}
     for impl in args.impl:
         for rows in args.batch:
             batch = Batch(rows, w, device)
-            step = (old_impl if impl == "old" else new_impl)(batch, w, params)
+            step = (old_impl if impl == "old" else new_impl)(batch, served_weights(w, impl), params)
             res = {}
             for update in (False, True):
                 secs, bw0, bw1 = timed(lambda: step(update), device, args.repeats)
                 bw = (bw0 + bw1) / 2
-                nbytes = pass_bytes(impl, update, rows, wb)
+                nbytes = pass_bytes("old" if impl == "old" else "new", update, rows, wb)
                 res[update] = (secs, nbytes, bw)
                 label = "update" if update else "non-update"
                 lines.append(f"| {impl} | {rows} | {label} | {secs:.3f} | {nbytes / 1e9:.3f} | {nbytes / bw:.3f} | "
@@ -231,7 +269,8 @@ def main() -> None:
             plain = PLAIN_WEIGHT_BYTES + rows * KV_BYTES_PER_TOKEN * CONTEXT
             extra_bytes = (res[False][1] + res[True][1]) / 2
             summary.append(f"| {impl} | {rows} | {per_token:.3f} | {plain / bw:.3f} | "
-                           f"+{100 * per_token / (plain / bw):.0f}% | +{100 * extra_bytes / plain:.1f}% |")
+                           f"+{100 * per_token / (plain / bw):.0f}% | +{100 * extra_bytes / plain:.1f}% | "
+                           f"{plain_measured[rows]:.3f} | +{100 * per_token / plain_measured[rows]:.0f}% |")
             del batch, step
     print("\n".join(lines))
     print()

@@ -113,6 +113,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "start-up; below --max-num-seqs, more get 429 (default: --max-num-seqs: controlled requests queue)", type=int)
     add("--vreason-max-video-tokens", e["vreason_max_video_tokens"], "controlled positions (video tokens) per request, allocated per "
         "slot at start-up; more get 400 (default: --max-model-len)", type=int)
+    add("--vreason-transposed-tail", "on" if e["vreason_transposed_tail"] else "off", "on CPU with bf16/fp16 "
+        "weights: keep transposed copies of layer L's tail and lm_head (their size again, 1.52 GB at 7B) so "
+        "that an update step reads each weight once for all updating rows (off: once per row)",
+        choices=["on", "off"])
     add("--speculative-config", None, "JSON, vLLM's speculative decoding config (V-Reason is then unavailable)")
     add("--attention-backend", e["attention_backend"], "vLLM's attention backend (e.g. FLASH_ATTN, TRITON_ATTN); "
         "default: vLLM's choice. V-Reason reads the paged cache of CPU_ATTN, FLASH_ATTN and TRITON_ATTN")
@@ -198,7 +202,8 @@ def serve(args) -> int:
         cap_frames=args.video_frames_over_cap == "cap", enforce_eager=args.enforce_eager,
         speculative_config=speculative, attention_backend=args.attention_backend,
         vreason_required=args.vreason == "on",
-        vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens)
+        vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens,
+        vreason_transposed_tail=args.vreason_transposed_tail == "on")
     if settings.test_knobs:
         logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)

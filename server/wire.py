@@ -38,6 +38,8 @@ SLOTS_KEY = "vreason_slots"
 """Controller slots in the slab: controlled sequences decoded at once."""
 POSITIONS_KEY = "vreason_max_positions"
 """Controlled positions (video tokens) per slot."""
+TRANSPOSED_KEY = "vreason_transposed_tail"
+"""Keep transposed copies of the tail's weights for the input gradient where that pays (CPU, bf16/fp16)."""
 DISABLED_KEY = "vreason_disabled"
 """Reasons found before the engine started why V-Reason cannot run (a list; empty or absent: none)."""
 

@@ -56,7 +56,8 @@ def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
     flags = {"max_model_len": a.max_model_len, "max_num_seqs": a.max_num_seqs, "dtype": a.dtype, "seed": a.seed,
              "tensor_parallel_size": a.tensor_parallel_size, "data_parallel_size": a.data_parallel_size,
              "kv_cache_gib": a.kv_cache_gib, "default_fps": a.video_fps, "generation_config": a.generation_config,
-             "cap_frames": a.video_frames_over_cap == "cap"}
+             "cap_frames": a.video_frames_over_cap == "cap",
+             "vreason_transposed_tail": a.vreason_transposed_tail == "on"}
     assert flags == {k: getattr(e, k) for k in flags}
     assert (a.video_max_frames, a.video_max_pixels, a.video_max_bytes) == (
         e.video_limits.max_frames, e.video_limits.max_pixels, e.video_limits.max_bytes)

@@ -5,12 +5,13 @@ from .params import ParamError, VReasonParams
 from .slab import ControllerSlab
 from .state import ControllerState, state_bytes
 from .step import StepReport, UpdateInputs, controller_step, group_apply, group_grad
-from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, tail_reference
+from .tail import (TailWeights, Transposed, tail_acts, tail_input_grad, tail_logits, tail_reference, wants_transposed,
+                   with_transposed)
 from .values import controlled_values
 
 __all__ = [
     "ControllerSlab", "ControllerState", "ParamError", "StepReport", "SwitchState", "TailWeights",
     "UpdateInputs", "VReasonParams", "controlled_values", "controller_step", "entropy", "group_apply",
-    "group_grad", "state_bytes", "tail_acts", "tail_input_grad", "tail_logits",
-    "tail_reference",
+    "Transposed", "group_grad", "state_bytes", "tail_acts", "tail_input_grad", "tail_logits",
+    "tail_reference", "wants_transposed", "with_transposed",
 ]

@@ -13,7 +13,7 @@ and the input gradient needs only `grad @ W` per linear (W read once, stored ori
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,43 @@ class TailWeights:
     final_norm: torch.Tensor  # [hidden]
     lm_head: torch.Tensor  # [vocab, hidden]
     eps: float
+    transposed: Transposed | None = None
+    """Contiguous W.T copies for the input gradient (see with_transposed); None: read W itself."""
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """Contiguous transposed copies of the tail's linears, read by the input gradient only.
+
+    On a CPU without native bf16 the only fast bf16 GEMM is the forward form x @ W.T over a
+    row-major W (oneDNN and MKL cannot build one for x @ W there; measured on AVX2: lm_head's
+    x @ W as a GEMM takes seconds, one `mv` per row reads W once per row). With W.T stored
+    contiguously, x @ W is that forward form, so R rows read each weight once, not R times.
+    Same values as W (a copy, no rounding): the gradient is unchanged.
+    """
+
+    o_proj: torch.Tensor  # [Hq*D, hidden]
+    gate_up: torch.Tensor  # [hidden, 2*I]
+    down: torch.Tensor  # [I, hidden]
+    lm_head: torch.Tensor  # [hidden, vocab]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.o_proj, self.gate_up, self.down, self.lm_head))
+
+
+def wants_transposed(w: TailWeights) -> bool:
+    """True where Transposed pays: CPU weights in a reduced precision (bf16/fp16).
+
+    fp32 weights use an fp32 GEMM, which reads W.T at full speed; CUDA GEMMs take the
+    transposed view as it is (`torch.mm(out_dtype=fp32)`): neither gains from a copy.
+    """
+    return w.lm_head.device.type == "cpu" and w.lm_head.dtype in (torch.bfloat16, torch.float16)
+
+
+def with_transposed(w: TailWeights) -> TailWeights:
+    """w plus its Transposed copies (at 7B in bf16: 1.52 GB, the size of the tail itself)."""
+    t = lambda x: x.t().contiguous()  # noqa: E731
+    return replace(w, transposed=Transposed(t(w.o_proj), t(w.gate_up), t(w.down), t(w.lm_head)))
 
 
 def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
@@ -42,7 +79,8 @@ def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
       rounded to w's dtype on output (like vLLM's own CPU logits). The forward is the oneDNN
       GEMM. For x @ w the GEMM paths are pathologically slow on CPUs without native bf16
       (measured: minutes for lm_head on an AVX2 machine), while a matrix-vector product over
-      the transposed view runs at forward speed, so each row is one `mv`.
+      the transposed view runs at forward speed, so each row is one `mv` (R rows read w R
+      times; TailWeights.transposed avoids that).
     """
     if w.dtype == torch.float32:
         return torch.mm(x.float(), w.t() if transpose else w)
@@ -96,16 +134,23 @@ def _rms_norm_backward(g_y: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
     return r * u - x * (r.pow(3) * (u * x).mean(-1, keepdim=True))
 
 
+def _grad_mm(g: torch.Tensor, w: TailWeights, name: str) -> torch.Tensor:
+    """g @ W for the tail linear `name`: the forward form over its Transposed copy when there is one."""
+    if w.transposed is not None:
+        return mm32(g, getattr(w.transposed, name), True)
+    return mm32(g, getattr(w, name), False)
+
+
 def tail_input_grad(acts: TailActs, grad_logits: torch.Tensor, w: TailWeights) -> torch.Tensor:
     """dL/do [R, Hq*D] fp32 from dL/dlogits [R, vocab], through the tail whose activations are `acts`."""
-    g = _rms_norm_backward(mm32(grad_logits, w.lm_head, False), acts.h_out, acts.r2, w.final_norm)
-    g_act = mm32(g, w.down, False)
+    g = _rms_norm_backward(_grad_mm(grad_logits, w, "lm_head"), acts.h_out, acts.r2, w.final_norm)
+    g_act = _grad_mm(g, w, "down")
     s = torch.sigmoid(acts.gate)
     silu = acts.gate * s
     g_gate = g_act * acts.up * (s * (1.0 + acts.gate * (1.0 - s)))
-    g_x = mm32(torch.cat([g_gate, g_act * silu], dim=-1), w.gate_up, False)
+    g_x = _grad_mm(torch.cat([g_gate, g_act * silu], dim=-1), w, "gate_up")
     g = g + _rms_norm_backward(g_x, acts.h_mid, acts.r1, w.post_norm)
-    return mm32(g, w.o_proj, False)
+    return _grad_mm(g, w, "o_proj")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

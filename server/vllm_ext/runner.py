@@ -34,9 +34,9 @@ import torch
 from vllm.logger import init_logger
 
 from vreason.server.controller import (ControllerSlab, ControllerState, UpdateInputs, VReasonParams,
-                                       controller_step, tail_logits)
+                                       controller_step, tail_logits, wants_transposed, with_transposed)
 from vreason.server.wire import (CHECK_ENV, CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, FAILED, NO_SLOT,
-                                 POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY, STATS_EVERY_S, RequestEnd,
+                                 POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY, STATS_EVERY_S, TRANSPOSED_KEY, RequestEnd,
                                  StepRow, WorkerStats)
 
 from .overlay import OverlayPlan
@@ -113,6 +113,12 @@ class VReasonRunnerMixin:
         self._vr_slab = ControllerSlab(slots, positions, overlay.num_kv_heads, overlay.head_dim,
                                        self.kv_cache_dtype, self.device)
         overlay.slab = self._vr_slab
+        self._vr_tail = model.vreason_tail_weights()
+        if extra.get(TRANSPOSED_KEY, True) and wants_transposed(self._vr_tail):
+            self._vr_tail = with_transposed(self._vr_tail)
+            logger.info("V-Reason: transposed copies of layer L's tail and lm_head for the input gradient, "
+                        "%.1f MiB (--vreason-transposed-tail off: none, and each updating row reads the "
+                        "weights once)", self._vr_tail.transposed.nbytes() / 2**20)
         logger.info("V-Reason slab: %d slots x %d positions, %.1f MiB allocated (%.1f MiB per slot); update "
                     "transients at most %.1f MiB (all slots updating); %d layers, hidden %d; vLLM %s",
                     slots, positions, self._vr_slab.nbytes() / 2**20, self._vr_slab.bytes_per_slot() / 2**20,
@@ -192,6 +198,8 @@ class VReasonRunnerMixin:
                 "slab_free_slots": slab.free_slots() if slab is not None else 0,
                 "slab_max_positions": slab.max_positions if slab is not None else 0,
                 "update_transient_bytes_max": self._vr_transient_bytes(slab.slots) if slab is not None else 0,
+                "tail_transposed_bytes": (self._vr_tail.transposed.nbytes()
+                                          if self._vr_tail is not None and self._vr_tail.transposed is not None else 0),
                 "totals": dict(self.vreason_totals),
                 "max_overlay_error": self.vreason_max_overlay_error,
                 "max_tail_error": self.vreason_max_tail_error,
@@ -351,8 +359,6 @@ class VReasonRunnerMixin:
         """The controller step of every controlled row; updates read what the forward left."""
         state = self.execute_model_state
         plan = self._vr_last_plan
-        if self._vr_tail is None:
-            self._vr_tail = self.get_model().vreason_tail_weights()
         rows = [s for _, s in self._vr_rows]
         batch_rows = [i for i, _ in self._vr_rows]
         logits = state.logits[batch_rows].float()

@@ -13,7 +13,7 @@ from vreason.kernels.entropy_grad.reference import entropy_grad_reference
 from vreason.server.controller import (ControllerSlab, ControllerState, ParamError, SwitchState, TailWeights,
                                        UpdateInputs, VReasonParams, controlled_values, controller_step, entropy,
                                        group_grad, state_bytes, tail_acts, tail_input_grad, tail_logits,
-                                       tail_reference)
+                                       tail_reference, wants_transposed, with_transposed)
 
 HKV, HQ, D, HID, INTER, VOCAB = 2, 4, 8, 16, 24, 50
 
@@ -81,9 +81,11 @@ def _ground_truth(o, res, w, grad_z):
     return z.detach(), g
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["shared", "transposed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lean_tail_forward_and_input_grad_match_float64_autograd(dtype):
-    """The hand-written backward is the exact input gradient; bf16 weights are read as stored.
+def test_lean_tail_forward_and_input_grad_match_float64_autograd(dtype, transposed):
+    """The hand-written backward is the exact input gradient; bf16 weights are read as stored,
+    or through their transposed copies (the same values in the other orientation).
 
     fp32 weights: only fp32 rounding separates the lean path from float64 (bound 1e-4 relative
     for these sizes). bf16 weights: the ground truth uses the same bf16 weights in float64; the
@@ -91,6 +93,8 @@ def test_lean_tail_forward_and_input_grad_match_float64_autograd(dtype):
     relative error of a few 2^-8 is the derived bound.
     """
     w = make_weights(1, dtype, hid=64, inter=96, vocab=200)
+    if transposed:
+        w = with_transposed(w)
     g = torch.Generator().manual_seed(2)
     o, res = torch.randn(3, HQ * D, generator=g), torch.randn(3, 64, generator=g)
     grad_z = torch.randn(3, 200, generator=g)
@@ -102,6 +106,17 @@ def test_lean_tail_forward_and_input_grad_match_float64_autograd(dtype):
     bound = 1e-4 if dtype == torch.float32 else 4 * 2.0**-8
     assert rel(z, z_ref) < bound
     assert rel(go, go_ref) < bound
+
+
+def test_transposed_copies_rule_and_values():
+    """Copies only where they pay (CPU, reduced precision); each copy is W.T exactly."""
+    assert wants_transposed(make_weights(0, torch.bfloat16)) and wants_transposed(make_weights(0, torch.float16))
+    assert not wants_transposed(make_weights(0, torch.float32))
+    w = with_transposed(make_weights(0, torch.bfloat16))
+    for name in ("o_proj", "gate_up", "down", "lm_head"):
+        t = getattr(w.transposed, name)
+        assert t.is_contiguous() and torch.equal(t, getattr(w, name).t())
+    assert w.transposed.nbytes() == sum(getattr(w, n).numel() * 2 for n in ("o_proj", "gate_up", "down", "lm_head"))
 
 
 def test_group_grad_equals_expanded_values_autograd():
