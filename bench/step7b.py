@@ -214,7 +214,7 @@ def new_impl(batch: Batch, w, params):
     return step
 
 
-def pass_bytes(impl: str, update: bool, rows: int, wb: dict[str, int]) -> float:
+def pass_bytes(impl: str, update: bool, rows: int, wb: dict[str, int], apply: str = "now") -> float:
     """Bytes each pass must move at least (its own floor), bf16 weights, KV of layer L only."""
     kv_l = 2 * CONTEXT * HKV * D * 2  # layer L's keys and values of one row
     attn = rows * (kv_l + U / 2)  # + the controlled values (cached Vn, bf16)
@@ -225,7 +225,7 @@ def pass_bytes(impl: str, update: bool, rows: int, wb: dict[str, int]) -> float:
         return attn
     backward = wb["lm_head"] + wb["down"] + 2 * wb["gate_up"] + 2 * wb["o_proj"]  # recompute gate_up, o_proj
     adam = rows * (5 + 4 + 0.5 + 1) * U  # 5 reads, 4 writes fp32, Vn bf16 write, grad_vn
-    return attn + backward + wb["tail"] + adam
+    return attn + backward + (wb["tail"] if apply == "now" else 0) + adam
 
 
 def main() -> None:
@@ -234,16 +234,21 @@ def main() -> None:
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--apply", default="now", choices=["now", "next"],
+                    help="the update's apply mode (next: no tail forward after the update; old supports now only)")
     args = ap.parse_args()
     from vreason.server.controller import VReasonParams
 
     device = torch.device(args.device)
-    params = VReasonParams()  # defaults: update_every 2, steps 1, apply now
+    params = VReasonParams(apply=args.apply)  # defaults: update_every 2, steps 1 (apply now unless --apply)
+    if args.apply != "now" and "old" in args.impl:
+        ap.error("--apply next: the old implementation is timed with apply now only")
     w = make_weights(device)
     wb = weight_bytes(w)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}; tail weights "
-          f"{wb['tail'] / 1e9:.3f} GB bf16; P={VIDEO}, L={CONTEXT}; repeats {args.repeats}", file=sys.stderr)
+          f"{wb['tail'] / 1e9:.3f} GB bf16; P={VIDEO}, L={CONTEXT}; apply {args.apply}; repeats {args.repeats}",
+          file=sys.stderr)
     lines = ["| impl | rows | pass | measured s | bytes GB | floor s | x floor | copy GB/s before/after |",
              "|---|---|---|---|---|---|---|---|"]
     summary = ["| impl | rows | per-token extra s | plain step floor s | overhead vs plain floor | "
@@ -258,7 +263,7 @@ def main() -> None:
             for update in (False, True):
                 secs, bw0, bw1 = timed(lambda: step(update), device, args.repeats)
                 bw = (bw0 + bw1) / 2
-                nbytes = pass_bytes("old" if impl == "old" else "new", update, rows, wb)
+                nbytes = pass_bytes("old" if impl == "old" else "new", update, rows, wb, args.apply)
                 res[update] = (secs, nbytes, bw)
                 label = "update" if update else "non-update"
                 lines.append(f"| {impl} | {rows} | {label} | {secs:.3f} | {nbytes / 1e9:.3f} | {nbytes / bw:.3f} | "
