@@ -39,9 +39,9 @@ class Transposed:
     """Contiguous transposed copies of the tail's linears, read by the input gradient only.
 
     On a CPU without native bf16 the only fast bf16 GEMM is the forward form x @ W.T over a
-    row-major W (oneDNN and MKL cannot build one for x @ W there; measured on AVX2: lm_head's
-    x @ W as a GEMM takes seconds, one `mv` per row reads W once per row). With W.T stored
-    contiguously, x @ W is that forward form, so R rows read each weight once, not R times.
+    row-major W (see mm32: x @ W as a GEMM is far slower, one `mv` per row reads W once per
+    row). With W.T stored contiguously, x @ W is that forward form, so R rows read each weight
+    once, not R times.
     Same values as W (a copy, no rounding): the gradient is unchanged.
     """
 
@@ -76,9 +76,10 @@ def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
     - fp32 w: a plain fp32 GEMM.
     - CUDA/ROCm: `torch.mm(out_dtype=fp32)`, fp32 accumulation and output, as vLLM's logits path.
     - CPU, bf16/fp16 w: that overload does not exist there; products accumulate in fp32 and are
-      rounded to w's dtype on output (like vLLM's own CPU logits). The forward is the oneDNN
-      GEMM. For x @ w the GEMM paths are pathologically slow on CPUs without native bf16
-      (measured: minutes for lm_head on an AVX2 machine), while a matrix-vector product over
+      rounded to w's dtype on output (like vLLM's own CPU logits). The forward is `F.linear`,
+      as vLLM runs it (oneDNN builds no bf16 matmul on a CPU without native bf16). For x @ w
+      the GEMM paths are pathologically slow there (measured on an AVX2 machine: 15-18 s for
+      lm_head and 4 rows, against 0.24 s for the forward), while a matrix-vector product over
       the transposed view runs at forward speed, so each row is one `mv` (R rows read w R
       times; TailWeights.transposed avoids that).
     """
