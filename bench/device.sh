@@ -3,7 +3,7 @@
 # installed (nor vLLM): the Triton kernels against their references and the 7B-dimension step
 # benchmark, old and new, apply now and next. Writes every table to $OUT (default bench/out/).
 #
-#   bash bench/device.sh                 # about 3-5 minutes on one H100/H200 (not yet measured)
+#   bash bench/device.sh                 # run time on a GPU: not measured yet
 #   STEP7B_ARGS="--batch 1" bash bench/device.sh
 #
 # The `vreason` namespace is mapped onto this checkout through a folder of links on PYTHONPATH
