@@ -11,7 +11,7 @@ the work V-Reason adds to one decode step for R controlled rows:
   cached Vn (on CPU this runs next to the stock attention, so it is counted as extra); the
   logits are already controlled; an update adds the hand-written input-gradient backward, the
   fused Adam in the slab and one lean tail forward. Its tail weights are what the server builds
-  by default (with transposed copies for the input gradient where `wants_transposed` says so).
+  by default (`serving_tail`: transposed copies for the input gradient where they pay).
 - `new-shared`: `new` with --vreason-transposed-tail off (the input gradient reads W itself: on
   CPU one `mv` per row, so R rows read each weight R times).
 
@@ -91,13 +91,6 @@ def make_weights(device):
     ones = lambda: torch.ones(HIDDEN, dtype=torch.bfloat16, device=device)  # noqa: E731
     return TailWeights(o_proj=r(HIDDEN, HQ * D), post_norm=ones(), gate_up=r(2 * INTER, HIDDEN),
                        down=r(HIDDEN, INTER), final_norm=ones(), lm_head=r(VOCAB, HIDDEN), eps=1e-6)
-
-
-def served_weights(w, impl: str):
-    """The tail weights the server would hold for `impl` (transposed copies by the server's rule)."""
-    from vreason.server.controller import wants_transposed, with_transposed
-
-    return with_transposed(w) if impl == "new" and wants_transposed(w) else w
 
 
 def plain_gemm_seconds(rows: int, device, repeats: int) -> float:
@@ -237,7 +230,7 @@ def main() -> None:
     ap.add_argument("--apply", default="now", choices=["now", "next"],
                     help="the update's apply mode (next: no tail forward after the update; old supports now only)")
     args = ap.parse_args()
-    from vreason.server.controller import VReasonParams
+    from vreason.server.controller import VReasonParams, serving_tail
 
     device = torch.device(args.device)
     params = VReasonParams(apply=args.apply)  # defaults: update_every 2, steps 1 (apply now unless --apply)
@@ -258,7 +251,7 @@ def main() -> None:
     for impl in args.impl:
         for rows in args.batch:
             batch = Batch(rows, w, device)
-            step = (old_impl if impl == "old" else new_impl)(batch, served_weights(w, impl), params)
+            step = (old_impl if impl == "old" else new_impl)(batch, serving_tail(w, impl == "new"), params)
             res = {}
             for update in (False, True):
                 secs, bw0, bw1 = timed(lambda: step(update), device, args.repeats)

@@ -39,7 +39,7 @@ def _field_defaults(cls) -> dict:
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     from vreason.server.api.settings import APISettings
     from vreason.server.controller.params import TARGETS, VReasonParams
-    from vreason.server.engine.vllm_engine import EngineConfig
+    from vreason.server.engine.config import EngineConfig
 
     def add(flag, default, help, **kw):
         name = flag.lstrip("-")
@@ -152,7 +152,8 @@ def serve(args) -> int:
     from vreason.server.smollm2_model import LIMITS as SMOLLM2_LIMITS
     from vreason.server.smollm2_model import SERVED_NAME as SMOLLM2_NAME
     from vreason.server.smollm2_model import ensure_smollm2_model, is_smollm2_model
-    from vreason.server.engine.vllm_engine import EngineConfig, VllmEngine
+    from vreason.server.engine.config import EngineConfig
+    from vreason.server.engine.vllm_engine import VllmEngine
     from vreason.server.video import FetchPolicy, VideoLimits
 
     from vreason.server.api.settings import APISettings

@@ -45,7 +45,7 @@ def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
 
     from vreason.server import cli
     from vreason.server.api.settings import APISettings
-    from vreason.server.engine.vllm_engine import EngineConfig
+    from vreason.server.engine.config import EngineConfig
     from vreason.server.video import DEFAULT_FPS
 
     for k in [k for k in os.environ if k.startswith("VREASON_")]:

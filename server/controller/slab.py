@@ -58,3 +58,16 @@ class ControllerSlab:
 
     def bytes_per_slot(self) -> int:
         return self.nbytes() // max(1, self.slots)
+
+    def update_transient_bytes(self, rows: int, num_heads: int, hidden: int, intermediate: int, vocab: int) -> int:
+        """Upper estimate of what an update step allocates beyond the slab when `rows` update.
+
+        Per updating row: the attention weights at the controlled positions [Hq, P], the value
+        gradient [P, Hkv, D] and the apply-now copy of o (fp32), the tail's activations
+        (hidden and 2x intermediate) and two vocabulary-sized rows (entropy gradient, logits);
+        once per step: one row's Adam outputs and Vn difference (4 x [P, Hkv, D] fp32), as Adam
+        runs one row at a time. The formula's one home; derived from the code, not measured.
+        """
+        p, hkv, d = self.max_positions, self.v0.shape[2], self.v0.shape[3]
+        per_row = 4 * (num_heads * p + p * hkv * d + num_heads * d + 3 * hidden + 2 * intermediate + 2 * vocab)
+        return rows * per_row + 4 * 4 * p * hkv * d

@@ -31,7 +31,10 @@ class TailWeights:
     lm_head: torch.Tensor  # [vocab, hidden]
     eps: float
     transposed: Transposed | None = None
-    """Contiguous W.T copies for the input gradient (see with_transposed); None: read W itself."""
+    """Contiguous W.T copies for the input gradient (see serving_tail); None: read W itself."""
+
+    def transposed_bytes(self) -> int:
+        return self.transposed.nbytes() if self.transposed is not None else 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ def with_transposed(w: TailWeights) -> TailWeights:
     """w plus its Transposed copies (at 7B in bf16: 1.52 GB, the size of the tail itself)."""
     t = lambda x: x.t().contiguous()  # noqa: E731
     return replace(w, transposed=Transposed(t(w.o_proj), t(w.gate_up), t(w.down), t(w.lm_head)))
+
+
+def serving_tail(w: TailWeights, transposed: bool = True) -> TailWeights:
+    """The tail weights a server holds: with Transposed copies where they pay, unless turned off."""
+    return with_transposed(w) if transposed and wants_transposed(w) else w
 
 
 def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:

@@ -4,126 +4,36 @@ Renders the chat template, decodes videos (server/video, off the event loop) int
 `(frames, metadata)` pairs for vLLM, turns the request's sampling fields into `SamplingParams`
 with vLLM's own chat-request conversion (model generation_config defaults included, as in
 `vllm serve`), maps V-Reason options into `SamplingParams.extra_args`, and streams deltas with
-logprobs. The V-Reason worker is named by dotted path; this module never imports it.
+logprobs. The deployment config and vLLM's engine arguments are in config.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, fields, replace
 
-from vreason.server.wire import (DISABLED_KEY, EXTRA_ARGS_KEY, POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY,
-                                 TRANSPOSED_KEY)
-from vreason.server.video import DEFAULT_FPS, FetchPolicy, SamplingSpec, VideoLimits, load_video
+from vreason.server.wire import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY
+from vreason.server.video import SamplingSpec, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
+from .config import EngineConfig, engine_args
 from .controlled import SlotBudget, per_choice_outputs, raise_if_failed
 from .scheduler_stats import scheduler_stats_logger
 from .support import vllm_config_reasons
 from .token_texts import token_texts
 from .traces import TraceHub
-from .types import (MAX_LOGPROBS, ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
+from .types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
                     Message, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
 
 logger = logging.getLogger("vreason.engine")
-
-CPU_WORKER = "vreason.server.vllm_ext.worker.VReasonCPUWorker"
-GPU_WORKER = "vreason.server.vllm_ext.worker_gpu.VReasonGPUWorker"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    model: str
-    served_model_name: str | None = None
-    max_model_len: int = 4096
-    max_num_seqs: int = 16
-    dtype: str = "auto"
-    seed: int = 0
-    gpu_memory_utilization: float | None = None
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    kv_cache_gib: int = 1
-    limit_videos_per_prompt: int = 1
-    allowed_local_media_path: str | None = None
-    video_limits: VideoLimits = field(default_factory=VideoLimits)
-    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
-    default_fps: float = DEFAULT_FPS
-    enable_prefix_caching: bool = True
-    generation_config: str = "auto"
-    """vLLM's --generation-config: "auto" (the model's generation_config.json defaults), "vllm"
-    (vLLM's neutral defaults) or a directory holding a generation_config.json."""
-    max_logprobs: int = MAX_LOGPROBS
-    """Most top_logprobs a request may ask for (vLLM's max_logprobs)."""
-    cap_frames: bool = True
-    """A frame count above video_limits.max_frames is sampled at the cap (False: 400)."""
-    enforce_eager: bool = False
-    speculative_config: dict | None = None
-    """vLLM's --speculative-config, passed through (V-Reason is then unavailable)."""
-    attention_backend: str | None = None
-    """vLLM's --attention-backend (None: vLLM's choice)."""
-    vreason_required: bool = False
-    """Refuse to start when V-Reason cannot run on this deployment (`--vreason on`); otherwise
-    the server starts with V-Reason disabled, says why, and answers controlled requests 400."""
-    vreason_max_controlled: int | None = None
-    """Controller slots: controlled sequences (choices) at once. None: max_num_seqs, so every
-    running sequence can have one and controlled requests queue like plain ones; fewer: a
-    controlled request that does not fit gets 429."""
-    vreason_max_video_tokens: int | None = None
-    """Controlled positions (video tokens) one request may have; more get 400. None: max_model_len."""
-    vreason_transposed_tail: bool = True
-    """On CPU with bf16/fp16 weights, keep contiguous transposed copies of layer L's tail linears
-    and lm_head (the tail's size again: 1.52 GB at 7B) so that an update step's input gradient
-    reads each weight once for all updating rows, not once per row. No effect elsewhere."""
-
-    @property
-    def name(self) -> str:
-        return self.served_model_name or self.model
-
-    @property
-    def vreason_slots(self) -> int:
-        return self.vreason_max_controlled or self.max_num_seqs
-
-    @property
-    def vreason_positions(self) -> int:
-        return self.vreason_max_video_tokens or self.max_model_len
-
 
 class VReasonUnavailable(RuntimeError):
     """`--vreason on` on a deployment where V-Reason cannot run: the server refuses to start."""
 
 
 _SAMPLING_FIELDS = frozenset(f.name for f in fields(SamplingOptions))
-
-
-def _engine_args(cfg: EngineConfig):
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.platforms import current_platform
-
-    on_cpu = current_platform.device_type == "cpu"
-    if on_cpu:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # V-Reason hooks the V1 runner
-    kwargs = dict(
-        model=cfg.model, served_model_name=[cfg.name], max_model_len=cfg.max_model_len,
-        max_num_seqs=cfg.max_num_seqs, dtype=cfg.dtype, seed=cfg.seed,
-        # V-Reason observes layer L through its attention impl and vLLM's aux hidden-state
-        # outputs, which survive torch.compile and CUDA graphs: vLLM's default compiled mode.
-        enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
-        data_parallel_size=cfg.data_parallel_size,
-        limit_mm_per_prompt={"video": cfg.limit_videos_per_prompt, "image": 0},
-        enable_prefix_caching=cfg.enable_prefix_caching,
-        generation_config=cfg.generation_config, max_logprobs=cfg.max_logprobs,
-        worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
-        additional_config={SLOTS_KEY: cfg.vreason_slots, POSITIONS_KEY: cfg.vreason_positions,
-                           TRANSPOSED_KEY: cfg.vreason_transposed_tail},
-        speculative_config=cfg.speculative_config, attention_backend=cfg.attention_backend,
-    )
-    if cfg.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-    return AsyncEngineArgs(**kwargs)
 
 
 class VllmEngine:
@@ -156,7 +66,7 @@ class VllmEngine:
             from transformers import AutoTokenizer
 
             self._processor = AutoTokenizer.from_pretrained(self.cfg.model)
-        vllm_config = _engine_args(self.cfg).create_engine_config()
+        vllm_config = engine_args(self.cfg).create_engine_config()
         reasons = vllm_config_reasons(vllm_config)
         self._refuse_if_required(reasons)
         if reasons:

@@ -34,26 +34,18 @@ import torch
 from vllm.logger import init_logger
 
 from vreason.server.controller import (ControllerSlab, ControllerState, UpdateInputs, VReasonParams,
-                                       controller_step, tail_logits, wants_transposed, with_transposed)
+                                       controller_step, serving_tail, tail_logits)
 from vreason.server.wire import (CHECK_ENV, CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, FAILED, NO_SLOT,
                                  POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY, STATS_EVERY_S, TRANSPOSED_KEY, RequestEnd,
                                  StepRow, WorkerStats)
 
 from .overlay import OverlayPlan
 from .paged_cache import token_runs
-from .support import model_reasons
+from .support import compilation_summary, model_reasons
 from .trace_channel import TracePusher
 from .warm_up import warm_up_kernels
 
 logger = init_logger("vllm.vreason")  # under vLLM's logger, so the worker's start-up log shows it
-
-
-def compilation_summary(vllm_config) -> str:
-    """How vLLM runs the model: its compilation mode and CUDA-graph mode (eager = NONE/NONE)."""
-    cc = vllm_config.compilation_config
-    mode = getattr(cc.mode, "name", str(cc.mode))
-    graphs = getattr(cc.cudagraph_mode, "name", str(cc.cudagraph_mode))
-    return f"compilation mode {mode}, cudagraph mode {graphs}"
 
 
 @dataclass(frozen=True)
@@ -113,12 +105,11 @@ class VReasonRunnerMixin:
         self._vr_slab = ControllerSlab(slots, positions, overlay.num_kv_heads, overlay.head_dim,
                                        self.kv_cache_dtype, self.device)
         overlay.slab = self._vr_slab
-        self._vr_tail = model.vreason_tail_weights()
-        if extra.get(TRANSPOSED_KEY, True) and wants_transposed(self._vr_tail):
-            self._vr_tail = with_transposed(self._vr_tail)
+        self._vr_tail = serving_tail(model.vreason_tail_weights(), extra.get(TRANSPOSED_KEY, True))
+        if self._vr_tail.transposed is not None:
             logger.info("V-Reason: transposed copies of layer L's tail and lm_head for the input gradient, "
                         "%.1f MiB (--vreason-transposed-tail off: none, and each updating row reads the "
-                        "weights once)", self._vr_tail.transposed.nbytes() / 2**20)
+                        "weights once)", self._vr_tail.transposed_bytes() / 2**20)
         logger.info("V-Reason slab: %d slots x %d positions, %.1f MiB allocated (%.1f MiB per slot); update "
                     "transients at most %.1f MiB (all slots updating); %d layers, hidden %d; vLLM %s",
                     slots, positions, self._vr_slab.nbytes() / 2**20, self._vr_slab.bytes_per_slot() / 2**20,
@@ -198,8 +189,7 @@ class VReasonRunnerMixin:
                 "slab_free_slots": slab.free_slots() if slab is not None else 0,
                 "slab_max_positions": slab.max_positions if slab is not None else 0,
                 "update_transient_bytes_max": self._vr_transient_bytes(slab.slots) if slab is not None else 0,
-                "tail_transposed_bytes": (self._vr_tail.transposed.nbytes()
-                                          if self._vr_tail is not None and self._vr_tail.transposed is not None else 0),
+                "tail_transposed_bytes": self._vr_tail.transposed_bytes() if self._vr_tail is not None else 0,
                 "totals": dict(self.vreason_totals),
                 "max_overlay_error": self.vreason_max_overlay_error,
                 "max_tail_error": self.vreason_max_tail_error,
@@ -208,21 +198,9 @@ class VReasonRunnerMixin:
                 "calls": {**self.vreason_calls, **(overlay.calls if overlay is not None else {})}}
 
     def _vr_transient_bytes(self, rows: int) -> int:
-        """Upper estimate of what an update step allocates beyond the slab when `rows` update.
-
-        Per updating row: the attention weights at the controlled positions [Hq, P], the value
-        gradient [P, Hkv, D] and the apply-now copy of o (fp32), the tail's activations
-        (hidden and 2x intermediate) and two vocabulary-sized rows (entropy gradient, logits);
-        once per step: one row's Adam outputs and Vn difference (4 x [P, Hkv, D] fp32), as Adam
-        runs one row at a time. The formula's one home; derived from the code, not measured.
-        """
-        slab = self._vr_slab
         cfg = self.model_config.hf_config.get_text_config()
-        p, hkv, d = slab.max_positions, slab.v0.shape[2], slab.v0.shape[3]
-        hq = cfg.num_attention_heads
-        per_row = 4 * (hq * p + p * hkv * d + hq * d + 3 * cfg.hidden_size + 2 * cfg.intermediate_size
-                       + 2 * cfg.vocab_size)
-        return rows * per_row + 4 * 4 * p * hkv * d
+        return self._vr_slab.update_transient_bytes(rows, cfg.num_attention_heads, cfg.hidden_size,
+                                                    cfg.intermediate_size, cfg.vocab_size)
 
     # -- per-request bookkeeping ---------------------------------------------------------------
 

@@ -19,6 +19,14 @@ from vreason.server.wire import ARCHITECTURE
 SUPPORTED_BACKENDS = ("CPU_ATTN", "FLASH_ATTN", "TRITON_ATTN")
 
 
+def compilation_summary(vllm_config) -> str:
+    """How vLLM runs the model: its compilation mode and CUDA-graph mode (eager = NONE/NONE)."""
+    cc = vllm_config.compilation_config
+    mode = getattr(cc.mode, "name", str(cc.mode))
+    graphs = getattr(cc.cudagraph_mode, "name", str(cc.cudagraph_mode))
+    return f"compilation mode {mode}, cudagraph mode {graphs}"
+
+
 def _is_unquantized(module) -> bool:
     method = getattr(module, "quant_method", None)
     return method is None or type(method).__name__.startswith("Unquantized")

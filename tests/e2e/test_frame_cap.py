@@ -12,7 +12,8 @@ import pytest
 
 from vreason.clients.synth_video import render_moving_shapes
 from vreason.server.engine.types import EngineClientError, GenerateRequest, SamplingOptions, Usage, VideoOptions
-from vreason.server.engine.vllm_engine import EngineConfig, VllmEngine
+from vreason.server.engine.config import EngineConfig
+from vreason.server.engine.vllm_engine import VllmEngine
 from vreason.server.video import VideoLimits
 
 CAP = 8
