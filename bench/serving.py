@@ -20,20 +20,29 @@ def free_port() -> int:
 
 def start_server(args: list[str], output, timeout_s: int) -> tuple[subprocess.Popen, str]:
     """`vreason serve --port <free> *args` (stdout/stderr to `output`); returns (process, base URL)
-    once /health answers 200, or exits the benchmark when it dies or stays unhealthy."""
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "vreason"), "serve", "--port", str(port), *args]
+    once /health answers 200, or exits the benchmark when it dies or stays unhealthy. A port taken
+    between choosing and binding it (the server exits at once with EXIT_CANNOT_LISTEN) is chosen
+    again, at most 3 times."""
+    from vreason.server.cli import EXIT_CANNOT_LISTEN
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # no Triton interpreter
-    proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(timeout_s):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("server exited during start-up")
-        time.sleep(1)
-    proc.kill()
-    raise SystemExit("server did not become healthy")
+    for _ in range(3):
+        port = free_port()
+        cmd = [str(Path(sys.executable).parent / "vreason"), "serve", "--port", str(port), *args]
+        proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(timeout_s):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(1)
+        else:
+            proc.kill()
+            raise SystemExit("server did not become healthy")
+        if proc.returncode != EXIT_CANNOT_LISTEN:
+            raise SystemExit(f"server exited during start-up (code {proc.returncode})")
+    raise SystemExit("no free port could be bound in 3 tries")

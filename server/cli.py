@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -143,7 +144,28 @@ def _vreason_default(args):
                          targets=args.vreason_targets)
 
 
+EXIT_BAD_OPTION, EXIT_STARTUP_FAILED, EXIT_CANNOT_LISTEN = 2, 3, 4
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind the HTTP socket, not yet listening: connections are refused until the app is up.
+
+    `serve` binds right after checking its options, before the model loads (as vLLM's own server
+    does): a port in use fails in a second, not after minutes of loading, and no port the engine
+    opens meanwhile can be the same one. SO_REUSEADDR and the address family as uvicorn binds.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(args) -> int:
+    """`vreason serve`: check the options, bind the port, load the model, serve until SIGTERM."""
     import uvicorn
 
     from vreason.server.api.app import create_app
@@ -178,7 +200,12 @@ def serve(args) -> int:
                                    allow_private=args.media_allow_private)
     except (ParamError, ValueError, TypeError) as e:
         print(f"vreason serve: invalid option: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_OPTION
+    try:
+        sock = listen_socket(args.host, args.port)  # uvicorn closes it when it stops
+    except OSError as e:
+        print(f"vreason serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
     model, name = args.model, args.served_model_name
     if model is None and args.demo_model == "smollm2":
         model = str(ensure_smollm2_model(default_cache_dir(), progress=lambda m: print(m, file=sys.stderr)))
@@ -210,9 +237,13 @@ def serve(args) -> int:
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
     # lifespan shuts the engine down.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30,
-                access_log=False, log_config=None)
-    return 0
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=30,
+                                           access_log=False, log_config=None))
+    host, port = sock.getsockname()[:2]
+    logger.info("HTTP socket bound to %s:%d; the server answers once the engine is up", host, port)
+    server.run(sockets=[sock])
+    # the lifespan (engine start) failed: uvicorn.run's own exit code for that case
+    return 0 if server.started else EXIT_STARTUP_FAILED
 
 
 def make_demo_model(args) -> int:

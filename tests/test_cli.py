@@ -65,3 +65,18 @@ def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
     assert (a.max_body_bytes, a.max_queue, a.request_timeout, a.reasoning_split == "on") == (
         s.max_body_bytes, s.max_queue, s.request_timeout, s.reasoning_split)
     assert a.video_fps == DEFAULT_FPS  # one default frame rate: the CLI, the engine and the sampler agree
+
+
+def test_port_in_use_fails_before_loading_a_model(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # a model path that does not exist: reaching the model would fail differently
+        r = subprocess.run([VREASON, "serve", "--model", str(tmp_path / "no-model"), "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, r.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "address already in use" in r.stderr.lower()
+    assert "Traceback" not in r.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.servers import VENV_BIN, clean_env, free_port, start_server, stop_server, wait_healthy
+from tests.helpers.servers import VENV_BIN, clean_env, launch, start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 STOCK_START_TIMEOUT = 600
@@ -290,21 +290,15 @@ def gen_config(tmp_path_factory) -> Path:
 
 
 def _start_stock(model: Path, media_dir: Path, gen_config: Path, log: Path):
-    port = free_port()
-    cmd = [str(VENV_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--served-model-name", "demo", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "4096", "--max-num-seqs", "8", "--seed", "0", "--enforce-eager",
-           "--limit-mm-per-prompt", '{"video": 1, "image": 0}', "--allowed-local-media-path", str(media_dir),
-           "--trust-request-mm-kwargs", "--generation-config", str(gen_config)]
-    fh = open(log, "w")
+    def command(port: int) -> list[str]:
+        return [str(VENV_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                "--served-model-name", "demo", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+                "--max-model-len", "4096", "--max-num-seqs", "8", "--seed", "0", "--enforce-eager",
+                "--limit-mm-per-prompt", '{"video": 1, "image": 0}', "--allowed-local-media-path", str(media_dir),
+                "--trust-request-mm-kwargs", "--generation-config", str(gen_config)]
+
     env = clean_env(VLLM_PLUGINS="none", VLLM_CPU_KVCACHE_SPACE="1")  # stock model, stock worker
-    # Its own process group, so that stopping it also stops its engine-core and worker children.
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    if wait_healthy(proc, url, log, STOCK_START_TIMEOUT, "stock vLLM"):
-        return proc, url
-    _stop(proc)
-    pytest.fail(f"stock vLLM not healthy in {STOCK_START_TIMEOUT} s:\n{log.read_text()[-4000:]}")
+    return launch(command, log, env, STOCK_START_TIMEOUT, "stock vLLM")
 
 
 def _stop(proc) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
@@ -62,20 +63,49 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float, wh
     return False
 
 
+PORT_TAKEN = "address already in use"
+PORT_ATTEMPTS = 3
+
+
+def launch(command: Callable[[int], list[str]], log: Path, env: dict[str, str], timeout: float,
+           what: str) -> tuple[subprocess.Popen, str]:
+    """Run `command(port)` on a free loopback port until /health says 200; return (process, url).
+
+    free_port() must release its port before the server binds it, so another process can take it
+    in between. A server that exits saying the address is in use is started again on a new port
+    (at most PORT_ATTEMPTS times); any other exit, or no health in `timeout` s, fails the test.
+    Both servers bind before loading the model, so such a retry costs seconds.
+    """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        with open(log, "w") as fh:
+            # own process group: a server that never became healthy is killed with its engine processes
+            proc = subprocess.Popen(command(port), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if wait_healthy(proc, url, log, timeout, what):
+                return proc, url
+        except pytest.fail.Exception:
+            _kill_group(proc)
+            if attempt < PORT_ATTEMPTS and PORT_TAKEN in log.read_text().lower():
+                print(f"{what}: port {port} was taken before it bound; starting again on another port")
+                continue
+            raise
+        _kill_group(proc)
+        pytest.fail(f"{what} not healthy in {timeout} s:\n{log.read_text()[-4000:]}")
+    raise AssertionError("unreachable")
+
+
 def start_server(model: Path, media_dir: Path, log: Path, *extra: str, name: str = "demo") -> Server:
     """Start `vreason serve` on a free loopback port and wait until /health says 200."""
-    port = free_port()
-    cmd = [str(VENV_BIN / "vreason"), "serve", "--model", str(model), "--served-model-name", name,
-           "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", "8",
-           "--allowed-local-media-path", str(media_dir), "--dtype", "float32", *extra]
-    with open(log, "w") as fh:
-        # own process group: a server that never became healthy is killed with its engine processes
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    if wait_healthy(proc, url, log, SERVER_START_TIMEOUT, "server"):
-        return Server(url, proc, log, name)
-    _kill_group(proc)
-    pytest.fail(f"server not healthy in {SERVER_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+    def command(port: int) -> list[str]:
+        return [str(VENV_BIN / "vreason"), "serve", "--model", str(model), "--served-model-name", name,
+                "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", "8",
+                "--allowed-local-media-path", str(media_dir), "--dtype", "float32", *extra]
+
+    proc, url = launch(command, log, clean_env(), SERVER_START_TIMEOUT, "server")
+    return Server(url, proc, log, name)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
