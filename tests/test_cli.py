@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,6 @@ def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
 
 
 def test_port_in_use_fails_before_loading_a_model(tmp_path):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

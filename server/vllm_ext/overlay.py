@@ -49,6 +49,27 @@ class OverlayPlan:
     failed: dict = field(default_factory=dict)  # index into the K rows -> what its attention raised
     load_failed: list = field(default_factory=list)  # (state, exception) whose V0 copy raised
 
+    @classmethod
+    def for_rows(cls, attend: list, loads: list, device: torch.device, check: bool) -> OverlayPlan:
+        """The plan for `attend`, the (batch row, controller state) pairs that attend at layer L:
+        each state's slab slot, its controlled-position runs and whether it carries an offset."""
+        k, runs = len(attend), max([1] + [len(s.runs) for _, s in attend])
+        start = torch.zeros(k, runs, dtype=torch.int32)
+        length = torch.zeros(k, runs, dtype=torch.int32)
+        for j, (_, s) in enumerate(attend):
+            for m, (a, n) in enumerate(s.runs):
+                start[j, m], length[j, m] = a, n
+
+        def dev(xs):
+            return torch.tensor(xs, dtype=torch.long).to(device, non_blocking=True)
+
+        return cls(rows=dev([i for i, _ in attend]), slots=dev([s.slot for _, s in attend]),
+                   vid_start=start.to(device), vid_len=length.to(device),
+                   p_max=max([1] + [s.num_positions for _, s in attend]),
+                   overlay=dev([j for j, (_, s) in enumerate(attend) if s.has_offset]),
+                   fresh=dev([j for j, (_, s) in enumerate(attend) if not s.has_offset]),
+                   loads=loads, check=check, attend_states=[s for _, s in attend])
+
 
 class LayerOverlay:
     """The runner's handle on layer L: the slab and the current plan, plus call counts."""

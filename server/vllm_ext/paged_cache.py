@@ -61,3 +61,9 @@ def token_runs(token_ids, targets: set[int]) -> list[tuple[int, int]]:
     if start is not None:
         runs.append((start, len(token_ids) - start))
     return runs
+
+
+def run_positions(runs: list[tuple[int, int]]) -> torch.Tensor:
+    """The token positions [P] int64 of `runs` (start, length), in order."""
+    parts = [torch.arange(a, a + n) for a, n in runs]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)

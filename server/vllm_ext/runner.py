@@ -40,7 +40,7 @@ from vreason.server.wire import (CHECK_ENV, CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS
                                  StepRow, WorkerStats)
 
 from .overlay import OverlayPlan
-from .paged_cache import token_runs
+from .paged_cache import run_positions, token_runs
 from .support import compilation_summary, model_reasons
 from .trace_channel import TracePusher
 from .warm_up import warm_up_kernels
@@ -282,9 +282,7 @@ class VReasonRunnerMixin:
                     if s is None:
                         continue
                 if not s.loaded:
-                    positions = [torch.arange(a, a + n) for a, n in s.runs]
-                    positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
-                    loads.append((s, i, positions.to(self.device)))
+                    loads.append((s, i, run_positions(s.runs).to(self.device)))
             except Exception as e:  # noqa: BLE001 - this request's own bookkeeping
                 self._vr_fail(r, e)
                 continue
@@ -293,23 +291,7 @@ class VReasonRunnerMixin:
                 attend.append((i, s))
         if not self._vr_rows:
             return None
-        k, runs = len(attend), max([1] + [len(s.runs) for _, s in attend])
-        start = torch.zeros(k, runs, dtype=torch.int32)
-        length = torch.zeros(k, runs, dtype=torch.int32)
-        for j, (_, s) in enumerate(attend):
-            for m, (a, n) in enumerate(s.runs):
-                start[j, m], length[j, m] = a, n
-
-        def dev(xs):
-            return torch.tensor(xs, dtype=torch.long).to(self.device, non_blocking=True)
-
-        return OverlayPlan(
-            rows=dev([i for i, _ in attend]), slots=dev([s.slot for _, s in attend]),
-            vid_start=start.to(self.device), vid_len=length.to(self.device),
-            p_max=max([1] + [s.num_positions for _, s in attend]),
-            overlay=dev([j for j, (_, s) in enumerate(attend) if s.has_offset]),
-            fresh=dev([j for j, (_, s) in enumerate(attend) if not s.has_offset]),
-            loads=loads, check=self._vr_check, attend_states=[s for _, s in attend])
+        return OverlayPlan.for_rows(attend, loads, self.device, self._vr_check)
 
     def _vr_create(self, req_id: str, c: Controlled) -> ControllerState | None:
         cfg = self.model_config.hf_config

@@ -76,7 +76,8 @@ def launch(command: Callable[[int], list[str]], log: Path, env: dict[str, str], 
     (at most PORT_ATTEMPTS times); any other exit, or no health in `timeout` s, fails the test.
     Both servers bind before loading the model, so such a retry costs seconds.
     """
-    for attempt in range(1, PORT_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         port = free_port()
         with open(log, "w") as fh:
             # own process group: a server that never became healthy is killed with its engine processes
@@ -90,11 +91,11 @@ def launch(command: Callable[[int], list[str]], log: Path, env: dict[str, str], 
             _kill_group(proc)
             if attempt < PORT_ATTEMPTS and PORT_TAKEN in log.read_text().lower():
                 print(f"{what}: port {port} was taken before it bound; starting again on another port")
+                attempt += 1
                 continue
             raise
         _kill_group(proc)
         pytest.fail(f"{what} not healthy in {timeout} s:\n{log.read_text()[-4000:]}")
-    raise AssertionError("unreachable")
 
 
 def start_server(model: Path, media_dir: Path, log: Path, *extra: str, name: str = "demo") -> Server:
