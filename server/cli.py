@@ -58,7 +58,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--port", 8000, "port", type=int)
     add("--max-model-len", e["max_model_len"], "context length (prompt + output tokens)", type=int)
     add("--max-num-seqs", e["max_num_seqs"], "requests decoded together in one batch", type=int)
-    add("--dtype", e["dtype"], "model dtype: auto, float32, bfloat16, float16")
+    add("--dtype", None, "model dtype: auto, float32, bfloat16, float16; default: float32 for the embedded demo "
+        "models (the dtype they are built and documented in), else auto (vLLM's choice: on CPU, bfloat16 for a "
+        "float32 checkpoint)")
     add("--seed", e["seed"], "engine seed", type=int)
     add("--gpu-memory-utilization", e["gpu_memory_utilization"],
         "fraction of device memory for vLLM (on CPU: of RAM)", type=float)
@@ -218,9 +220,10 @@ def serve(args) -> int:
                        "Pass --model to serve a real Qwen2.5-VL checkpoint.", model)
     if is_smollm2_model(model):
         logger.warning("Serving the embedded SmolLM2 demo model from %s: %s", model, SMOLLM2_LIMITS)
+    dtype = serve_dtype(args.dtype, model)
     cfg = EngineConfig(
         model=model, served_model_name=name, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        dtype=args.dtype, seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype=dtype, seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
         tensor_parallel_size=args.tensor_parallel_size, kv_cache_gib=args.kv_cache_gib,
         limit_videos_per_prompt=int(limits.get("video", 1)),
         allowed_local_media_path=args.allowed_local_media_path, video_limits=video_limits,
@@ -244,6 +247,17 @@ def serve(args) -> int:
     server.run(sockets=[sock])
     # the lifespan (engine start) failed: uvicorn.run's own exit code for that case
     return 0 if server.started else EXIT_STARTUP_FAILED
+
+
+def serve_dtype(flag: str | None, model: str) -> str:
+    """The dtype to serve `model` in: --dtype when given, else float32 for the embedded demo models
+    (the dtype they are built and documented in) and vLLM's `auto` for any other model."""
+    from vreason.server.demo_model import DEMO_DTYPE, is_demo_model
+    from vreason.server.smollm2_model import is_smollm2_model
+
+    if flag:
+        return flag
+    return DEMO_DTYPE if is_demo_model(model) or is_smollm2_model(model) else "auto"
 
 
 def make_demo_model(args) -> int:

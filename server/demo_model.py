@@ -19,6 +19,10 @@ from pathlib import Path
 
 MARKER = "vreason_demo_model.json"
 DEMO_FORMAT_VERSION = 2
+DEMO_DTYPE = "float32"
+"""The dtype the embedded demo checkpoints (this one and smollm2_model's) are built in, and served in
+unless --dtype says otherwise: vLLM's `auto` would serve them in bfloat16 on CPU, where SmolLM2's
+answers fall apart."""
 # Whole-word tokens for the think/answer protocol (the real Qwen2.5 vocabulary splits them;
 # single tokens here let the scripted variant below emit them deterministically).
 PROTOCOL_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -191,7 +195,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                              "mrope_section": [4, 6, 6]},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"], dtype="float32",
+            pad_token_id=ids["<|endoftext|>"], dtype=DEMO_DTYPE,
         ),
         vision_config={**VISION_CONFIG, "out_hidden_size": 128},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],

@@ -22,7 +22,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from vreason.server.demo_model import CHAT_TEMPLATE, build_once
+from vreason.server.demo_model import CHAT_TEMPLATE, DEMO_DTYPE, build_once
 
 MARKER = "vreason_smollm2_model.json"
 FORMAT_VERSION = 2
@@ -95,7 +95,7 @@ def _config(llama_cfg, tok, vision_config: dict):
             rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"],
                              "mrope_section": MROPE_SECTION},
             bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"), eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, dtype="float32",
+            pad_token_id=tok.pad_token_id, dtype=DEMO_DTYPE,
         ),
         vision_config={**vision_config, "out_hidden_size": c.hidden_size},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],

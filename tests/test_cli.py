@@ -54,7 +54,8 @@ def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
     p = argparse.ArgumentParser()
     cli._add_serve_args(p)
     a, e, s = p.parse_args([]), EngineConfig(model="m"), APISettings()
-    flags = {"max_model_len": a.max_model_len, "max_num_seqs": a.max_num_seqs, "dtype": a.dtype, "seed": a.seed,
+    flags = {"max_model_len": a.max_model_len, "max_num_seqs": a.max_num_seqs,
+             "dtype": cli.serve_dtype(a.dtype, "/models/Qwen2.5-VL-7B-Instruct"), "seed": a.seed,
              "tensor_parallel_size": a.tensor_parallel_size, "data_parallel_size": a.data_parallel_size,
              "kv_cache_gib": a.kv_cache_gib, "default_fps": a.video_fps, "generation_config": a.generation_config,
              "cap_frames": a.video_frames_over_cap == "cap",
@@ -79,3 +80,15 @@ def test_port_in_use_fails_before_loading_a_model(tmp_path):
     assert r.returncode == 4, r.stderr[-2000:]
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "address already in use" in r.stderr.lower()
     assert "Traceback" not in r.stderr
+
+
+def test_demo_models_are_served_in_the_dtype_they_are_built_in(demo_model):
+    """vLLM's `auto` serves a float32 checkpoint in bfloat16 on CPU; the embedded demo models default
+    to float32 (their documented answers hold there), any other model to auto; --dtype always wins."""
+    from vreason.server import cli
+    from vreason.server.demo_model import DEMO_DTYPE
+
+    assert DEMO_DTYPE == "float32"
+    assert cli.serve_dtype(None, str(demo_model)) == "float32"
+    assert cli.serve_dtype("bfloat16", str(demo_model)) == "bfloat16"
+    assert cli.serve_dtype(None, "/models/Qwen2.5-VL-7B-Instruct") == "auto"

@@ -79,7 +79,9 @@ class ControllerState:
         return self.updates > 0
 
     def updates_at_next_step(self) -> bool:
-        return (self.switch.t + 1) % self.params.update_every == 0
+        """Whether the next step updates. Never with no controlled positions (a request without a
+        video under targets "video", say): it is decoded and traced as usual, with no updates."""
+        return self.num_positions > 0 and (self.switch.t + 1) % self.params.update_every == 0
 
     def nbytes(self) -> int:
         """Bytes of slab this request uses: V0, dV, two Adam moments (fp32) and Vn (cache dtype)."""

@@ -73,6 +73,9 @@ class VllmEngine:
             vllm_config.additional_config[DISABLED_KEY] = list(reasons)
         self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[scheduler_stats_logger(self._scheduler)])
         self._defaults = self._llm.model_config.get_diff_sampling_param()
+        logger.info("serving %s in %s (--dtype %s), KV cache dtype %s", self.cfg.model,
+                    str(self._llm.model_config.dtype).removeprefix("torch."), self.cfg.dtype,
+                    vllm_config.cache_config.cache_dtype)
         self._tokenizer = getattr(self._processor, "tokenizer", self._processor)
         logger.info("default sampling parameters (--generation-config %s): %s", self.cfg.generation_config,
                     self._defaults or "vLLM's neutral defaults")

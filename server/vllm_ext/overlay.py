@@ -22,7 +22,7 @@ import torch
 
 from vreason.kernels.controlled_attention import controlled_attention
 
-from .paged_cache import gather_positions, split_kv
+from .paged_cache import split_kv
 
 
 @dataclass
@@ -48,6 +48,7 @@ class OverlayPlan:
     checked: int = 0  # rows compared with the stock output
     failed: dict = field(default_factory=dict)  # index into the K rows -> what its attention raised
     load_failed: list = field(default_factory=list)  # (state, exception) whose V0 copy raised
+    error: BaseException | None = None  # what failed for the whole step (the runner fails its controlled rows)
 
     @classmethod
     def for_rows(cls, attend: list, loads: list, device: torch.device, check: bool) -> OverlayPlan:
@@ -82,26 +83,39 @@ class LayerOverlay:
         self.calls = {"attention_impl": 0, "overlay_applied": 0}
 
     def apply(self, layer, query, kv_cache, meta, output) -> None:
-        plan, slab = self.plan, self.slab
+        """Run the plan on layer L's cache and output. Never raises: what fails is reported in the
+        plan (`failed`, `load_failed` per request, `error` for the whole step) and the stock output
+        of the affected rows stands."""
+        plan = self.plan
         plan.called = True
         self.calls["overlay_applied"] += 1
-        backend = layer.attn_backend.get_name()
-        key_cache, value_cache = split_kv(kv_cache, backend, getattr(layer, "isa", None))
+        try:
+            self._apply(plan, layer, query, kv_cache, meta, output)
+        except Exception as e:  # noqa: BLE001 - not one request's (the layout, the plan's index math)
+            plan.error = e
+
+    def _apply(self, plan, layer, query, kv_cache, meta, output) -> None:
+        slab = self.slab
+        kv = split_kv(kv_cache, layer.attn_backend.get_name(), getattr(layer, "isa", None))
         for state, row, positions in plan.loads:
             try:  # one request's copy: a failure is that request's alone (the runner fails it)
-                state.load(gather_positions(value_cache, meta.block_table[row], positions).float())
+                state.load(kv.tokens("value", meta.block_table[row], positions).float())
             except Exception as e:  # noqa: BLE001
                 plan.load_failed.append((state, e))
         if plan.rows.numel() == 0:
             return
         last = (meta.query_start_loc[plan.rows + 1] - 1).long()
         q = query.view(query.shape[0], self.num_heads, self.head_dim)[last]
+        seq_lens, table = meta.seq_lens[plan.rows], meta.block_table[plan.rows]
+        if kv.strided:
+            key_cache, value_cache = kv.key, kv.value
+        else:  # a packing the kernels cannot index: the planned rows' blocks, unpacked
+            key_cache, value_cache, table = kv.contiguous_rows(table, seq_lens)
 
         def attend(js):
             values = slab.vn[plan.slots[js], :plan.p_max].permute(0, 2, 1, 3)  # [k, Hkv, P, D]
-            return controlled_attention(q[js], key_cache, value_cache, meta.block_table[plan.rows[js]],
-                                        meta.seq_lens[plan.rows[js]], plan.vid_start[js], plan.vid_len[js],
-                                        values, self.scale)
+            return controlled_attention(q[js], key_cache, value_cache, table[js], seq_lens[js],
+                                        plan.vid_start[js], plan.vid_len[js], values, self.scale)
 
         k = plan.rows.numel()
         try:

@@ -39,6 +39,7 @@ from vreason.server.wire import (CHECK_ENV, CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS
                                  POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY, STATS_EVERY_S, TRANSPOSED_KEY, RequestEnd,
                                  StepRow, WorkerStats)
 
+from .layout_probe import decode_metadata, probe_layout
 from .overlay import OverlayPlan
 from .paged_cache import run_positions, token_runs
 from .support import compilation_summary, model_reasons
@@ -66,6 +67,7 @@ class VReasonRunnerMixin:
         self.vreason_states: dict[str, ControllerState] = {}
         self.vreason_totals: Counter[str] = Counter()
         self.vreason_unavailable: tuple[str, ...] = ()
+        self.vreason_layout: dict | None = None  # what the start-up layout probe proved (layout_probe.py)
         self._vr_requests: dict[str, Controlled | None] = {}  # None: not controlled (or no longer)
         self._vr_pusher = TracePusher()
         self._vr_tail = None
@@ -121,6 +123,34 @@ class VReasonRunnerMixin:
             logger.info("V-Reason: Triton kernels compiled and warmed up in %.1f s", seconds)
         return out
 
+    def initialize_kv_cache(self, *args, **kwargs):
+        """After vLLM has allocated the caches and built the backends (the CPU ISA is chosen
+        there): prove the layout of layer L's cache on this hardware, or disable V-Reason."""
+        self.vreason_calls["initialize_kv_cache"] += 1
+        out = super().initialize_kv_cache(*args, **kwargs)
+        if self._vr_slab is not None:
+            report = self._vr_probe_layout()
+            self.vreason_layout = report.as_dict()
+            if report.reason is not None:
+                self.vreason_unavailable = (report.reason,)
+                self._vr_slab = self.get_model().vreason_overlay.slab = None
+                logger.warning("V-Reason is disabled on this deployment (plain requests are served as usual): %s",
+                               report.reason)
+            else:
+                logger.info("V-Reason: layer L's KV cache layout proven on this hardware (%s, ISA %s, %s; overlay "
+                            "vs backend attention %.2g, tolerance %.2g)", report.backend, report.isa,
+                            report.packing, report.max_error, report.tolerance)
+        return out
+
+    def _vr_probe_layout(self):
+        overlay = self.get_model().vreason_overlay
+        layer = self.vllm_config.compilation_config.static_forward_context[overlay.layer_name]
+        builder = next(g.get_metadata_builder() for groups in self.attn_groups for g in groups
+                       if overlay.layer_name in g.layer_names)
+        impl = layer.impl.inner if hasattr(layer.impl, "inner") else layer.impl
+        return probe_layout(layer, impl, decode_metadata(builder), tuple(layer.kv_cache.shape), layer.kv_cache.dtype,
+                            self.device, overlay.num_heads, overlay.scale)
+
     def _update_states(self, scheduler_output):
         self.vreason_calls["_update_states"] += 1
         for req_id in scheduler_output.finished_req_ids:
@@ -149,6 +179,8 @@ class VReasonRunnerMixin:
             if plan is not None:
                 if not plan.called:
                     self._vr_fail_rows(RuntimeError("vLLM did not call layer L's attention impl in the forward"))
+                elif plan.error is not None:
+                    self._vr_fail_rows(plan.error)
                 for j, e in plan.failed.items():
                     self._vr_fail(plan.attend_states[j].req_id, e)
                 for s, e in plan.load_failed:
@@ -182,6 +214,7 @@ class VReasonRunnerMixin:
         overlay = getattr(self.get_model(), "vreason_overlay", None)
         slab = self._vr_slab
         return {"available": not self.vreason_unavailable, "unavailable": list(self.vreason_unavailable),
+                "kv_layout": self.vreason_layout,
                 "active_slots": len(self.vreason_states),
                 "controller_bytes": sum(s.nbytes() for s in self.vreason_states.values()),
                 "slab_bytes": slab.nbytes() if slab is not None else 0,

@@ -138,9 +138,36 @@ def test_slots_freed_on_finish_and_on_disconnect(client, server, url):
 def test_overridden_seams_are_called(client, server, url):
     ask(client, server, url, vreason={"update_every": 1}, max_tokens=3)
     stats = server.stats()
-    for seam in ("load_model", "_update_states", "_model_forward", "sample_tokens", "attention_impl",
-                 "overlay_applied", "aux_hidden_states"):
+    for seam in ("load_model", "initialize_kv_cache", "_update_states", "_model_forward", "sample_tokens",
+                 "attention_impl", "overlay_applied", "aux_hidden_states"):
         assert stats["calls"].get(seam, 0) > 0, f"vLLM no longer calls {seam}"
     # The overlay-vs-stock and tail-vs-vLLM checks run only behind a flag, off the hot path:
     # tests/e2e/test_compile_mode.py turns them on.
     assert stats["checks"] is False
+
+
+def test_the_kv_layout_was_proven_at_start_up(server):
+    """The worker proved layer L's cache layout on this machine before serving (layout_probe.py)."""
+    layout = server.stats()["kv_layout"]
+    assert layout["proven"] is True and layout["backend"] == "CPU_ATTN"
+    assert layout["isa"] in ("vec", "vec16", "amx") and layout["max_error"] <= layout["tolerance"]
+
+
+@pytest.mark.parametrize("targets", ["video", "image", "visual", "text"])
+def test_a_request_without_a_video_is_answered_for_every_targets(client, server, targets):
+    """No controlled positions (no video/image for those targets): decoded and traced as usual with
+    no updates, and the summary says 0 controlled positions. "text" controls the prompt's text."""
+    messages = [{"role": "user", "content": "Say something about squares."}]
+    r = client.chat.completions.create(model=server.model, messages=messages, temperature=0, max_tokens=8,
+                                       extra_body={"vreason": {"trace": True, "update_every": 1,
+                                                               "targets": targets}})
+    tr = r.model_extra["vreason"]
+    assert tr["complete"] is True and len(tr["steps"]) == r.usage.completion_tokens > 0
+    if targets == "text":
+        assert tr["controlled_positions"] > 0 and tr["updates"] == len(tr["steps"])
+    else:
+        assert tr["controlled_positions"] == 0 and tr["updates"] == 0 and tr["skipped_updates"] == 0
+        assert not any(s["updated"] for s in tr["steps"])
+        plain = client.chat.completions.create(model=server.model, messages=messages, temperature=0, max_tokens=8)
+        assert r.choices[0].message.content == plain.choices[0].message.content
+    assert server.wait_idle()["active_slots"] == 0

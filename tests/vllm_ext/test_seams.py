@@ -16,8 +16,8 @@ vllm = pytest.importorskip("vllm")
 def test_runner_seams_exist():
     from vllm.v1.worker.gpu_model_runner import ExecuteModelState, GPUModelRunner
 
-    for name in ("load_model", "_update_states", "_model_forward", "sample_tokens", "get_model",
-                 "_setup_eagle3_aux_hidden_state_outputs"):
+    for name in ("load_model", "initialize_kv_cache", "_update_states", "_model_forward", "sample_tokens",
+                 "get_model", "_setup_eagle3_aux_hidden_state_outputs"):
         assert callable(getattr(GPUModelRunner, name)), name
     assert "aux_hidden_states" in ExecuteModelState._fields
     assert "logits" in ExecuteModelState._fields and "spec_decode_metadata" in ExecuteModelState._fields
@@ -36,7 +36,7 @@ def test_our_classes_override_them():
     from vreason.server.vllm_ext import worker, worker_gpu
     from vreason.server.vllm_ext.runner import VReasonRunnerMixin
 
-    for name in ("load_model", "_update_states", "_model_forward", "sample_tokens"):
+    for name in ("load_model", "initialize_kv_cache", "_update_states", "_model_forward", "sample_tokens"):
         assert name in vars(VReasonRunnerMixin)
     assert "init_device" in vars(worker.VReasonCPUWorker)
     assert "_make_model_runner" in vars(worker_gpu.VReasonGPUWorker)
@@ -97,21 +97,3 @@ def test_plugin_registers_the_model():
     register()
     cls = ModelRegistry._try_load_model_cls(ARCHITECTURE)
     assert cls is not None and cls.__name__ == "VReasonQwen2_5_VL"
-
-
-def test_cpu_kv_split_reads_transposed_keys():
-    import torch
-
-    from vreason.server.vllm_ext.paged_cache import split_kv
-
-    B, H, N, D = 3, 2, 4, 5
-    kv = torch.arange(B * H * N * 2 * D, dtype=torch.float32).view(B, H, N, 2 * D)
-    k, v = split_kv(kv, "CPU_ATTN", "vec")
-    flat = kv.view(B, H, 2 * N * D)
-    # per (block, head): N*D keys stored as [D, N], then N*D values as [N, D]
-    assert torch.equal(k[1, 1, 2, 3], flat[1, 1, 3 * N + 2])
-    assert torch.equal(v[2, 0, 1, 4], flat[2, 0, N * D + 1 * D + 4])
-    k2, v2 = split_kv(kv, "FLASH_ATTN")
-    assert torch.equal(k2, kv[..., :D]) and torch.equal(v2, kv[..., D:])
-    with pytest.raises(NotImplementedError):
-        split_kv(kv, "CPU_ATTN", "amx")
