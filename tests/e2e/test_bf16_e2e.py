@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from tests.helpers.servers import start_server, stop_server
 
@@ -55,3 +56,13 @@ def test_transposed_tail_is_built_reported_and_used(bf16_server, demo_model, med
     after = bf16_server.wait_idle()
     assert after["totals"]["created"] == after["totals"]["freed"] == 1
     assert after["totals"].get("failed", 0) == 0
+
+
+def test_bf16_reads_the_cache_this_cpu_packs(bf16_server):
+    """bf16 on a CPU with AMX tiles packs the KV cache for ISA amx; elsewhere vec. Either way the
+    layout was proven at start-up and the controlled request above (or here) ran on it."""
+    layout = bf16_server.stats()["kv_layout"]
+    amx = torch.cpu._is_amx_tile_supported()
+    assert layout["proven"], layout
+    assert (layout["isa"], layout["packing"]) == (("amx", "amx") if amx else ("vec", "strided"))
+    assert "in bfloat16 (--dtype bfloat16)" in bf16_server.log.read_text()
