@@ -1,5 +1,7 @@
 """bf16 weights on CPU: the runner keeps transposed copies of layer L's tail for the input
-gradient (the default, `--vreason-transposed-tail on`), and controlled requests update through them.
+gradient (the default, `--vreason-transposed-tail on`), and controlled requests update through them;
+the KV layout this CPU packs bf16 in (amx with AMX tiles, else vec) is proven at start-up; and the
+trace follows the eager oracle within bf16 bounds.
 
 The numerics of the transposed path against float64 autograd are in
 tests/controller/test_controller.py; this test covers the runner's seam: the copies are built at
@@ -66,3 +68,43 @@ def test_bf16_reads_the_cache_this_cpu_packs(bf16_server):
     assert layout["proven"], layout
     assert (layout["isa"], layout["packing"]) == (("amx", "amx") if amx else ("vec", "strided"))
     assert "in bfloat16 (--dtype bfloat16)" in bf16_server.log.read_text()
+
+
+BF16_KNOBS = [{"update_every": 1, "steps": 1, "lr": 0.1}, {"update_every": 2, "steps": 2, "lr": 0.05, "apply": "next"}]
+
+
+@pytest.mark.parametrize("knobs", BF16_KNOBS, ids=["every1-now", "every2-steps2-next"])
+def test_bf16_trace_follows_the_eager_reference(bf16_server, hf, knobs):
+    """The bf16 server's trace against the eager oracle run greedily with its weights rounded to
+    bf16 (fp32 math), over the tokens both produce alike. vLLM computes every activation in bf16,
+    so the bound is in bf16 terms (0.2 nats; seen: 0.10), the update schedule must be the same, and
+    the oracle without the controller must sit further from the trace than the oracle with it."""
+    from tests.helpers.messages import QUESTION, video_messages
+    from tests.helpers.oracle import MAX_TOKENS
+    from tests.reference.eager_vreason import eager_generate
+    from vreason.server.controller import VReasonParams
+
+    proc, model, inputs, url = hf
+    body = {"model": bf16_server.model, "temperature": 0, "max_tokens": MAX_TOKENS,
+            "messages": video_messages(url, QUESTION), "vreason": {**knobs, "trace": True}}
+    r = httpx.post(f"{bf16_server.url}/v1/chat/completions", json=body, timeout=600)
+    assert r.status_code == 200, r.text
+    steps, text = r.json()["vreason"]["steps"], r.json()["choices"][0]["message"]["content"]
+    fp32 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+        args = (model, inputs, model.config.video_token_id, model.config.text_config.eos_token_id, MAX_TOKENS)
+        tokens, ref = eager_generate(*args, VReasonParams.from_dict(knobs))
+        same = next((k for k in range(len(tokens), 0, -1)  # tokens the server produced alike
+                     if text.startswith(proc.tokenizer.decode(tokens[:k], skip_special_tokens=True))), 0)
+        _, plain = eager_generate(*args, None, forced=tokens[:same])
+    finally:
+        model.load_state_dict(fp32)
+    assert same >= 16, (same, text, proc.tokenizer.decode(tokens, skip_special_tokens=True))
+    err = max(abs(m["entropy"] - o["entropy"]) for m, o in zip(steps[:same], ref))
+    off = max(abs(m["entropy"] - o["entropy"]) for m, o in zip(steps[:same], plain))
+    assert [s["updated"] for s in steps[:same]] == [o["updated"] for o in ref[:same]]
+    assert err < 0.2, err
+    assert off > err, (off, err)

@@ -66,9 +66,12 @@ def _entropy(z):
 
 
 def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_new_tokens: int,
-                   params: VReasonParams | None, keep_logits: bool = False) -> tuple[list[int], list[dict]]:
+                   params: VReasonParams | None, keep_logits: bool = False,
+                   forced: list[int] | None = None) -> tuple[list[int], list[dict]]:
     """Returns (generated token ids, trace rows {entropy, ema, alpha, updated}); with
-    `keep_logits` each row also holds the fp32 logits the token was chosen from."""
+    `keep_logits` each row also holds the fp32 logits the token was chosen from. With `forced`,
+    step t appends forced[t - 1] instead of its greedy token (teacher forcing: the controller's
+    trace along a given token path, for servers whose arithmetic differs, e.g. bf16)."""
     ids = inputs["input_ids"]
     pos = (ids[0] == video_token_id).nonzero().flatten()
     attn = model.model.language_model.layers[-1].self_attn
@@ -138,9 +141,9 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
             if keep_logits:
                 row["logits"] = z.detach().clone()
             rows.append(row)
-            tok = int(z.argmax())
+            tok = int(z.argmax()) if forced is None else forced[t - 1]
             tokens.append(tok)
-            if tok == eos_id:
+            if tok == eos_id or (forced is not None and t == len(forced)):
                 break
             seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
         return tokens, rows
