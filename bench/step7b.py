@@ -195,7 +195,7 @@ def new_impl(batch: Batch, w, params):
 
     def step(update: bool):
         for s in states:
-            s.switch.t = 1 if update else 2
+            s.steps = 1 if update else 2  # the update schedule follows the steps run
         values = slab.vn[slots].permute(0, 2, 1, 3)  # [R, Hkv, P, D]
         o, a = controlled_attention(batch.q, batch.key, batch.value, batch.block_table, batch.seq_lens,
                                     batch.vid_start, batch.vid_len, values, batch.scale)

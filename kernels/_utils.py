@@ -1,4 +1,4 @@
-"""Helpers shared by the op launchers: backend choice and input checks.
+"""Helpers shared by the op launchers: backend choice, input checks and the launch record.
 
 Nothing here imports triton, so `vreason.kernels` stays importable on a CPU-only machine.
 """
@@ -6,6 +6,8 @@ Nothing here imports triton, so `vreason.kernels` stays importable on a CPU-only
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -66,3 +68,19 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple[int | None, ...]) -> No
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch exactly as a launcher makes it: the kernel, its grid, its arguments and
+    its constexprs plus compile options (num_warps). Running it is `launch()`; `vreason.kernels.aot`
+    derives from the same record what Triton compiles for it, so warm-up, the ahead-of-time
+    compile test and serving cannot drift apart."""
+
+    kernel: Any  # a @triton.jit function (an InterpretedFunction under TRITON_INTERPRET=1)
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict[str, Any]
+
+    def __call__(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)

@@ -16,11 +16,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .._utils import interpreting, next_power_of_2
+from .._utils import Launch, interpreting, next_power_of_2
 
 # a finite floor for the running max, so that a split with no keys yields m = floor, l = 0
-# instead of inf - inf = NaN
-_M_FLOOR = -1.0e30
+# instead of inf - inf = NaN (a constexpr: Triton's compiler reads no other globals)
+_M_FLOOR = tl.constexpr(-1.0e30)
+
+# Triton compiles a variant per specialisation of the int arguments (== 1, a multiple of 16) and
+# of pointer alignment. These change from step to step with the batch (run count, video length,
+# split count and the strides that follow them) or are vLLM's choice (the block table's width),
+# so they are not specialised: serving launches only the variants warm-up compiled.
+_PER_STEP = ["n_runs", "P", "S", "stride_btr", "stride_vsr", "stride_vlr", "stride_wr", "stride_wh",
+             "stride_pmr", "stride_pmh"]
+# pointers read one scalar (or gathered entry) at a time: alignment buys nothing there, and a row
+# slice (the overlay's per-row retry) would change it
+_GATHERED = ["bt_ptr", "sl_ptr", "vs_ptr", "vl_ptr"]
 
 
 @triton.jit
@@ -49,7 +59,7 @@ def _normalize_weights(
         tl.store(p_w, tl.exp2(b_w - b_lse[:, None]), mask=m_g[:, None] & (o_p < P)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STEP, do_not_specialize_on_alignment=_GATHERED)
 def _controlled_attention_kernel(
     q_ptr,  # [R, Hq, D]
     k_ptr,  # [num_blocks, Hkv, block_size, D], any strides
@@ -65,6 +75,7 @@ def _controlled_attention_kernel(
     pm_ptr,  # [R, Hq, S] fp32, partial running max (log2), written with SPLIT
     pl_ptr,  # [R, Hq, S] fp32, partial sum of exp2, written with SPLIT
     scale_log2,
+    G,  # query heads per kv head
     n_runs,
     P,
     S,
@@ -77,7 +88,6 @@ def _controlled_attention_kernel(
     stride_wr, stride_wh,
     stride_por, stride_poh,
     stride_pmr, stride_pmh,
-    G: tl.constexpr,
     D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -147,12 +157,17 @@ def _controlled_attention_kernel(
         # values: the cache outside the video, the controlled values inside it
         p_v = v_ptr + b_blk[:, None] * stride_vb + i_h * stride_vh + o_t[:, None] * stride_vt \
             + o_d[None, :] * stride_vd
-        b_v = tl.load(p_v, mask=(m_n & ~m_vid)[:, None] & m_d[None, :], other=0.0).to(tl.float32)
         p_vn = vn_ptr + i_r * stride_nr + i_h * stride_nh + b_idx[:, None] * stride_np \
             + o_d[None, :] * stride_nd
-        b_vn = tl.load(p_vn, mask=m_vid[:, None] & m_d[None, :], other=0.0).to(tl.float32)
-        b_v = tl.where(m_vid[:, None], b_vn, b_v)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p, b_v, input_precision=PRECISION)
+        if vn_ptr.dtype == v_ptr.dtype:
+            # one gather, each row's source picked before the load: a single [BLOCK_N, BLOCK_D]
+            # tile in the input dtype, not two loads each widened to fp32 (register pressure)
+            b_v = tl.load(tl.where(m_vid[:, None], p_vn, p_v), mask=m_n[:, None] & m_d[None, :], other=0.0)
+        else:
+            b_v = tl.load(p_v, mask=(m_n & ~m_vid)[:, None] & m_d[None, :], other=0.0)
+            b_vn = tl.load(p_vn, mask=m_vid[:, None] & m_d[None, :], other=0.0)
+            b_v = tl.where(m_vid[:, None], b_vn, b_v.to(b_vn.dtype))
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p, b_v.to(tl.float32), input_precision=PRECISION)
 
     if not SPLIT:
         # an empty row (seq_len 0) gives l = 0: write zeros rather than 0 / 0
@@ -171,7 +186,7 @@ def _controlled_attention_kernel(
         tl.store(pl_ptr + i_r * stride_pmr + o_qh * stride_pmh + i_s, b_l, mask=m_g)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STEP, do_not_specialize_on_alignment=_GATHERED)
 def _controlled_attention_combine_kernel(
     po_ptr,  # [R, Hq, S, D] fp32
     pm_ptr,  # [R, Hq, S] fp32
@@ -179,6 +194,7 @@ def _controlled_attention_combine_kernel(
     vl_ptr,  # [R, max_runs] int32
     o_ptr,  # [R, Hq, D]
     w_ptr,  # [R, Hq, P] fp32: raw log2 scores in, probabilities out
+    G,
     n_runs,
     P,
     S,
@@ -187,7 +203,6 @@ def _controlled_attention_combine_kernel(
     stride_vlr,
     stride_or, stride_oh,
     stride_wr, stride_wh,
-    G: tl.constexpr,
     D: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -224,21 +239,85 @@ def _controlled_attention_combine_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
+def _cuda_sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _num_splits(device: torch.device, programs: int, max_context: int, block_n: int) -> int:
-    """Split the context when (rows x kv heads) cannot fill the GPU (batch 1 decode).
-
-    The table width bounds the context without a host sync on seq_lens.
-    """
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 0 elsewhere (the interpreter: never split)."""
     if device.type != "cuda":
-        return 1
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return 0
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _blocks(G: int, D: int, itemsize: int) -> tuple[int, int, int]:
+    """(BLOCK_G, BLOCK_D, BLOCK_N). tl.dot wants every dimension >= 16; a key/value tile holds 16 KiB
+    (64 positions x 128 dims of bf16, 32 of fp32): larger tiles spill registers (bench/ptxas.py)."""
+    BLOCK_D = max(16, next_power_of_2(D))
+    return max(16, next_power_of_2(G)), BLOCK_D, max(16, min(64, 16384 // (BLOCK_D * itemsize)))
+
+
+def split_count(device: torch.device, rows: int, num_kv_heads: int, max_context: int) -> int:
+    """Context splits for `rows` rows: more than 1 when (rows x kv heads) programs cannot fill the
+    GPU (batch 1 decode), each split at least 256 positions. `max_context` is the block table's
+    width times the block size: it bounds the context without a host sync on seq_lens."""
+    sms, programs = _sm_count(device), rows * num_kv_heads
     if programs >= sms:
         return 1
-    return max(1, min(triton.cdiv(2 * sms, programs), triton.cdiv(max_context, 4 * block_n), 64))
+    return max(1, min(triton.cdiv(2 * sms, programs), triton.cdiv(max_context, 256), 64))
+
+
+def controlled_attention_launches(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    vid_start: torch.Tensor,
+    vid_len: torch.Tensor,
+    values: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[Launch]]:
+    """The outputs (allocated, not yet written) and the launches that fill them, in order."""
+    R, Hq, D = q.shape
+    Hkv, block_size = key_cache.shape[1], key_cache.shape[2]
+    G = Hq // Hkv
+    P = values.shape[2]
+    BLOCK_G, BLOCK_D, BLOCK_N = _blocks(G, D, max(q.element_size(), values.element_size()))
+    BLOCK_P = 64
+    S = num_splits or split_count(q.device, R, Hkv, block_table.shape[1] * block_size)
+
+    out = torch.empty(R, Hq, D, dtype=q.dtype, device=q.device)
+    weights = torch.empty(R, Hq, P, dtype=torch.float32, device=q.device)
+    if S > 1:
+        po = torch.empty(R, Hq, S, D, dtype=torch.float32, device=q.device)
+        pm = torch.empty(R, Hq, S, dtype=torch.float32, device=q.device)
+        pl = torch.empty(R, Hq, S, dtype=torch.float32, device=q.device)
+    else:
+        po, pm, pl = out, weights, weights
+    # the interpreter's bf16 tl.dot returns garbage (triton 3.8), so it computes in fp32; fp32
+    # inputs use exact fp32 products, half inputs keep tensor cores (tf32 only for p @ v)
+    upcast = interpreting() or q.dtype == torch.float32
+    precision = "ieee" if upcast else "tf32"
+
+    launches = [Launch(_controlled_attention_kernel, (R, Hkv, S), (
+        q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values,
+        out, weights, po, pm, pl,
+        scale * math.log2(math.e), G, vid_start.shape[1], P, S,
+        *q.stride(), *key_cache.stride(), *value_cache.stride(),
+        block_table.stride(0), vid_start.stride(0), vid_len.stride(0),
+        *values.stride(), out.stride(0), out.stride(1), weights.stride(0), weights.stride(1),
+        po.stride(0), po.stride(1), pm.stride(0), pm.stride(1),
+    ), dict(D=D, BLOCK_SIZE=block_size, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P,
+            UPCAST=upcast, PRECISION=precision, SPLIT=S > 1, num_warps=8))]
+    if S > 1:
+        launches.append(Launch(_controlled_attention_combine_kernel, (R, Hkv), (
+            po, pm, pl, vid_len, out, weights, G, vid_len.shape[1], P, S,
+            po.stride(0), po.stride(1), pm.stride(0), pm.stride(1), vid_len.stride(0),
+            out.stride(0), out.stride(1), weights.stride(0), weights.stride(1),
+        ), dict(D=D, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, BLOCK_P=BLOCK_P, num_warps=4)))
+    return out, weights, launches
 
 
 def controlled_attention_triton(
@@ -254,46 +333,8 @@ def controlled_attention_triton(
     num_splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch on inputs already checked by `vreason.kernels.controlled_attention` (R > 0)."""
-    R, Hq, D = q.shape
-    Hkv, block_size = key_cache.shape[1], key_cache.shape[2]
-    G = Hq // Hkv
-    P = values.shape[2]
-    # tl.dot wants every dimension >= 16
-    BLOCK_G = max(16, next_power_of_2(G))
-    BLOCK_D = max(16, next_power_of_2(D))
-    BLOCK_N = 64 if BLOCK_D <= 128 else 32
-    BLOCK_P = 64
-    S = num_splits or _num_splits(q.device, R * Hkv, block_table.shape[1] * block_size, BLOCK_N)
-
-    out = torch.empty(R, Hq, D, dtype=q.dtype, device=q.device)
-    weights = torch.empty(R, Hq, P, dtype=torch.float32, device=q.device)
-    if S > 1:
-        po = torch.empty(R, Hq, S, D, dtype=torch.float32, device=q.device)
-        pm = torch.empty(R, Hq, S, dtype=torch.float32, device=q.device)
-        pl = torch.empty(R, Hq, S, dtype=torch.float32, device=q.device)
-    else:
-        po, pm, pl = out, weights, weights
-    # the interpreter's bf16 tl.dot returns garbage (triton 3.8), so it computes in fp32; fp32
-    # inputs use exact fp32 products, half inputs keep tensor cores (tf32 only for p @ v)
-    upcast = interpreting() or q.dtype == torch.float32
-    precision = "ieee" if upcast else "tf32"
-
-    _controlled_attention_kernel[(R, Hkv, S)](
-        q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values,
-        out, weights, po, pm, pl,
-        scale * math.log2(math.e), vid_start.shape[1], P, S,
-        *q.stride(), *key_cache.stride(), *value_cache.stride(),
-        block_table.stride(0), vid_start.stride(0), vid_len.stride(0),
-        *values.stride(), out.stride(0), out.stride(1), weights.stride(0), weights.stride(1),
-        po.stride(0), po.stride(1), pm.stride(0), pm.stride(1),
-        G=G, D=D, BLOCK_SIZE=block_size, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N,
-        BLOCK_P=BLOCK_P, UPCAST=upcast, PRECISION=precision, SPLIT=S > 1, num_warps=4,
-    )
-    if S > 1:
-        _controlled_attention_combine_kernel[(R, Hkv)](
-            po, pm, pl, vid_len, out, weights, vid_len.shape[1], P, S,
-            po.stride(0), po.stride(1), pm.stride(0), pm.stride(1), vid_len.stride(0),
-            out.stride(0), out.stride(1), weights.stride(0), weights.stride(1),
-            G=G, D=D, BLOCK_G=BLOCK_G, BLOCK_D=BLOCK_D, BLOCK_P=BLOCK_P, num_warps=4,
-        )
+    out, weights, launches = controlled_attention_launches(
+        q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, scale, num_splits)
+    for launch in launches:
+        launch()
     return out, weights

@@ -10,11 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._utils import next_power_of_2
+from .._utils import Launch, next_power_of_2
 from .reference import NORM_FLOOR, adam_scalars
 
 
-@triton.jit
+# N (rows = positions x kv heads) changes with every request: not specialised (Triton would
+# compile a variant for N == 1 and one for N % 16 == 0), so one variant serves them all
+@triton.jit(do_not_specialize=["N"])
 def _controller_update_kernel(
     d_ptr,  # [N, D] fp32, delta, updated in place
     m_ptr,  # [N, D] fp32, Adam exp_avg, updated in place
@@ -83,6 +85,35 @@ def _controller_update_kernel(
     tl.store(vn_ptr + o_r[:, None] * stride_vn + o_d[None, :], b_vn, mask=m_rd)
 
 
+def controller_update_launches(
+    delta: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    v0: torch.Tensor,
+    grad_vn: torch.Tensor,
+    step: torch.Tensor,
+    lr: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    norm_restore: bool,
+) -> tuple[torch.Tensor, list[Launch]]:
+    """The output (allocated, not yet written) and the launch that fills it and updates in place."""
+    N, D = delta.shape
+    vn = torch.empty(N, D, dtype=torch.float32, device=delta.device)
+    step_size, bc2_sqrt = adam_scalars(step, lr, beta1, beta2)
+    BLOCK_D = next_power_of_2(D)
+    # fixed per D (not shrunk to N): one variant for every request size; 8 warps keep the
+    # [BLOCK_R, BLOCK_D] fp32 tiles at ~130 registers (4 warps: 255, bench/ptxas.py)
+    BLOCK_R = max(1, 4096 // BLOCK_D)
+    launch = Launch(_controller_update_kernel, (triton.cdiv(N, BLOCK_R),), (
+        delta, exp_avg, exp_avg_sq, v0, grad_vn, step_size, bc2_sqrt, vn, N, D,
+        delta.stride(0), exp_avg.stride(0), exp_avg_sq.stride(0), v0.stride(0), grad_vn.stride(0),
+        vn.stride(0), beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps,
+    ), dict(NORM_RESTORE=norm_restore, FLOOR=NORM_FLOOR, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=8))
+    return vn, [launch]
+
+
 def controller_update_triton(
     delta: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -97,15 +128,8 @@ def controller_update_triton(
     norm_restore: bool,
 ) -> torch.Tensor:
     """Launch on inputs already checked by `vreason.kernels.controller_update` (N > 0)."""
-    N, D = delta.shape
-    vn = torch.empty(N, D, dtype=torch.float32, device=delta.device)
-    step_size, bc2_sqrt = adam_scalars(step, lr, beta1, beta2)
-    BLOCK_D = next_power_of_2(D)
-    BLOCK_R = max(1, min(4096 // BLOCK_D, next_power_of_2(N)))
-    _controller_update_kernel[(triton.cdiv(N, BLOCK_R),)](
-        delta, exp_avg, exp_avg_sq, v0, grad_vn, step_size, bc2_sqrt, vn, N, D,
-        delta.stride(0), exp_avg.stride(0), exp_avg_sq.stride(0), v0.stride(0), grad_vn.stride(0),
-        vn.stride(0), beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps,
-        NORM_RESTORE=norm_restore, FLOOR=NORM_FLOOR, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=4,
-    )
+    vn, launches = controller_update_launches(delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, beta1, beta2,
+                                              eps, norm_restore)
+    for launch in launches:
+        launch()
     return vn

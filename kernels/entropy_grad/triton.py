@@ -11,11 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._utils import next_power_of_2
+from .._utils import Launch, next_power_of_2
 
 # a finite floor for the running max: a lane that has only seen -inf keeps s = t = 0 without
-# producing inf - inf
-_M_FLOOR = -1.0e30
+# producing inf - inf (a constexpr: Triton's compiler reads no other globals)
+_M_FLOOR = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -67,14 +67,22 @@ def _entropy_grad_kernel(
         tl.store(g_ptr + i_r * stride_gr + o_x, b_g, mask=m_x)
 
 
-def entropy_grad_triton(logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch on inputs already checked by `vreason.kernels.entropy_grad` (R > 0)."""
+def entropy_grad_launches(logits: torch.Tensor,
+                          alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Launch]]:
+    """The outputs (allocated, not yet written) and the launch that fills them."""
     R, V = logits.shape
     entropy = torch.empty(R, dtype=torch.float32, device=logits.device)
     grad = torch.empty(R, V, dtype=torch.float32, device=logits.device)
     BLOCK_V = min(4096, next_power_of_2(V))
-    _entropy_grad_kernel[(R,)](
+    launch = Launch(_entropy_grad_kernel, (R,), (
         logits, alpha, entropy, grad, V, logits.stride(0), logits.stride(1), grad.stride(0),
-        BLOCK_V=BLOCK_V, num_warps=8 if BLOCK_V >= 2048 else 4,
-    )
+    ), dict(BLOCK_V=BLOCK_V, num_warps=8 if BLOCK_V >= 2048 else 4))
+    return entropy, grad, [launch]
+
+
+def entropy_grad_triton(logits: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch on inputs already checked by `vreason.kernels.entropy_grad` (R > 0)."""
+    entropy, grad, launches = entropy_grad_launches(logits, alpha)
+    for launch in launches:
+        launch()
     return entropy, grad

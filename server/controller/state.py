@@ -4,9 +4,11 @@ Owned by the model runner (vllm_ext) in the worker process, created when the req
 ends and dropped when it finishes or is aborted. The tensors (V0, dV, Adam moments in fp32 and
 the current controlled values Vn in the cache dtype) live in the runner's ControllerSlab; this
 record holds host-side scalars only, and the last step's trace row (`last_row`, made once by
-the step's report). Positions are absolute token positions of the request;
-`runs` lists the controlled (video) positions as (start, length) pairs in prompt order, and
-row i of the slot is the i-th controlled position in that order.
+the step's report). `steps` counts the controller steps run (the update schedule follows it
+at once); `switch.t` counts the entropies the switch has consumed, which lags while a step's
+values are on their way to the host (step.py). Positions are absolute token positions of the
+request; `runs` lists the controlled (video) positions as (start, length) pairs in prompt
+order, and row i of the slot is the i-th controlled position in that order.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ class ControllerState:
     slot: int
     num_positions: int
     switch: SwitchState
+    steps: int = 0  # controller steps run (t of the newest step)
     adam_step: int = 0
     updates: int = 0
     skipped_updates: int = 0
     last_row: StepRow | None = None
     rows_sent: int = 0  # trace rows the runner has sent for this request
     loaded: bool = False  # V0 copied into the slot (done inside the forward that ends the prefill)
+    released: bool = False  # its slot is back in the slab (finished or failed): nothing more is sent
 
     @classmethod
     def create(cls, req_id: str, params: VReasonParams, runs: list[tuple[int, int]],
@@ -54,7 +58,9 @@ class ControllerState:
         self.loaded = True
 
     def release(self) -> None:
-        self.slab.release(self.slot)
+        if not self.released:
+            self.released = True
+            self.slab.release(self.slot)
 
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         return t[self.slot, :self.num_positions].transpose(0, 1)
@@ -81,7 +87,7 @@ class ControllerState:
     def updates_at_next_step(self) -> bool:
         """Whether the next step updates. Never with no controlled positions (a request without a
         video under targets "video", say): it is decoded and traced as usual, with no updates."""
-        return self.num_positions > 0 and (self.switch.t + 1) % self.params.update_every == 0
+        return self.num_positions > 0 and (self.steps + 1) % self.params.update_every == 0
 
     def nbytes(self) -> int:
         """Bytes of slab this request uses: V0, dV, two Adam moments (fp32) and Vn (cache dtype)."""

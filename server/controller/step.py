@@ -9,11 +9,15 @@ in place in the request's slab slot, and with `apply: "now"` one tail forward.
 Because query and keys do not change during the inner steps, o = c + a . Vn with c constant:
 after an update the attention output is o + a . (Vn_new - Vn_old), no second attention pass.
 
-Host syncs: none at a step without updates (the trace is read after sampling, `finish`); one at
-a step with updates (entropies and finite flags together). The gradient is computed for
-alpha = 1 and scaled by alpha afterwards (the tail backward is linear in dL/dlogits), so the
-sync that gives H_t, hence alpha_t, comes after the backward. Each extra inner step (steps > 1)
-adds one more.
+Host syncs (docs/design.md, "Host syncs"): none at a step without updates, one at a step with
+updates (entropies and finite flags together). Host lists reach the device through pinned
+memory without blocking (`to_device`, `rows_index`: never a device tensor indexed by a Python
+list). The values a step leaves for the trace (H_t without an update, the entropy after an
+apply-now update) are copied to pinned memory without waiting (`StepReport.read_later`) and
+read when they have arrived, in step order; an update step's one sync brings every earlier
+copy in. The gradient is computed for alpha = 1 and scaled by alpha afterwards (the tail
+backward is linear in dL/dlogits), so the sync that gives H_t, hence alpha_t, comes after the
+backward. Each extra inner step (steps > 1) adds one more.
 
 Containment: one request's failure (an exception, e.g. out of memory, anywhere in its part of
 the step) fails that request alone. Batched phases that change no request state (entropy,
@@ -26,15 +30,15 @@ A non-finite entropy or gradient is not a failure: that update is skipped, count
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from vreason.kernels import controller_update, entropy_grad
 from vreason.server.wire import StepRow
 
-from .objective import entropy
+from .objective import SwitchState, entropy
 from .state import ControllerState
 from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_logits
 
@@ -42,6 +46,66 @@ from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_log
 class InjectedFailure(RuntimeError):
     """Raised by the test-only knob `fail_at_step`."""
 
+
+# -- host <-> device without waiting -----------------------------------------------------------
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without a host sync. On CUDA it is staged in pinned memory and
+    copied with non_blocking=True: from pageable memory, or without non_blocking, the copy
+    makes the CPU wait until the device has drained its queue (the whole batch stalls)."""
+    if device.type != "cuda":
+        return host.to(device)
+    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    pinned.copy_(host)
+    return pinned.to(device, non_blocking=True)
+
+
+def rows_index(ks: Sequence[int], device: torch.device) -> slice | torch.Tensor:
+    """An index for the rows `ks` (a host list) of a tensor on `device`: a slice when they are
+    consecutive, else a device tensor (`to_device`). Indexing a device tensor with the list
+    itself copies it to the device blocking."""
+    ks = list(ks)
+    if not ks or ks == list(range(ks[0], ks[0] + len(ks))):
+        return slice(ks[0], ks[0] + len(ks)) if ks else slice(0, 0)
+    return to_device(torch.tensor(ks, dtype=torch.long), device)
+
+
+def take(x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """x[ks] for a host list of row indices, without a host sync (`rows_index`)."""
+    return x[rows_index(ks, x.device)]
+
+
+def record_event(device: torch.device):
+    """A CUDA event recorded on the current stream (the no-host-sync test replaces this)."""
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+class HostCopy:
+    """A device tensor on its way to host memory: on CUDA a non-blocking copy into pinned
+    memory and an event recorded after it; elsewhere the tensor itself, there at once."""
+
+    def __init__(self, x: torch.Tensor):
+        if x.device.type == "cuda":
+            self.host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            self.host.copy_(x, non_blocking=True)
+            self.event = record_event(x.device)
+        else:
+            self.host, self.event = x, None
+
+    def ready(self) -> bool:
+        """True once the values are in host memory (asks the device; never waits)."""
+        return self.event is None or self.event.query()
+
+    def values(self) -> list[float]:
+        """The values (waits for the copy if it has not arrived)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
+# -- the step ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class UpdateInputs:
@@ -74,8 +138,10 @@ def group_apply(a: torch.Tensor, dvn: torch.Tensor, num_kv_heads: int) -> torch.
 
 @dataclass
 class StepReport:
-    """One step's outcome per row; `finish` reads the device values once, after sampling, and
-    makes each row's `StepRow` (kept in `rows[i].last_row`)."""
+    """One step's outcome per row. `read_later` starts copying the values the host has not read
+    (without waiting), `ready` says when they are in, and `finish` reads them, advances the
+    switch of every row and makes each row's `StepRow` (kept in `rows[i].last_row`). Reports
+    must be finished in step order (the switch consumes H_t in order)."""
 
     rows: list[ControllerState]
     h: torch.Tensor | None = None  # [len(h_rows)] H_t of the rows in h_rows (device)
@@ -88,29 +154,74 @@ class StepReport:
     after: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> entropy after apply now
     failed: dict[int, BaseException] = field(default_factory=dict)  # row -> what it raised
     step_rows: dict[int, StepRow] = field(default_factory=dict)
+    dropped: set[int] = field(default_factory=set)  # rows whose token vLLM threw away (`drop`)
+    before: dict[int, SwitchState] = field(default_factory=dict)  # row -> its switch before this step
+    copy: HostCopy | None = None
+    done: bool = False
 
     def advance(self) -> None:
         """Advance the switch of every live row (needs h_host)."""
         for i in self.h_rows:
-            if i not in self.failed and i not in self.alpha:
+            if i not in self.failed and i not in self.dropped and i not in self.alpha:
                 s = self.rows[i]
+                self.before[i] = replace(s.switch)
                 alpha = s.switch.advance(self.h_host[i])
                 self.alpha[i] = float(s.params.force_alpha) if s.params.force_alpha is not None else alpha
                 self.ema[i] = s.switch.ema
 
+    def _after_rows(self) -> list[int]:
+        return [i for i in self.after if i not in self.failed]
+
+    def read_later(self) -> None:
+        """Start copying what the host has not read yet (H_t when no update ran, the entropies
+        after apply-now updates) to host memory; never waits."""
+        if self.copy is not None or self.done:
+            return
+        parts = [self.h] if self.h_host is None and self.h is not None else []
+        keys = self._after_rows()
+        if keys:
+            parts.append(torch.stack([self.after[i] for i in keys]))
+        if parts:
+            self.copy = HostCopy(torch.cat(parts) if len(parts) > 1 else parts[0])
+
+    def ready(self) -> bool:
+        """True when `finish` will not wait."""
+        return self.done or self.copy is None or self.copy.ready()
+
     def finish(self) -> None:
+        """Read the step's values (waiting if they have not arrived), advance the switches and
+        make the rows. Idempotent."""
+        if self.done:
+            return
+        self.read_later()
+        values = self.copy.values() if self.copy is not None else []
         if self.h_host is None:
-            self.h_host = dict(zip(self.h_rows, self.h.tolist())) if self.h_rows else {}
+            n = len(self.h_rows) if self.h is not None else 0
+            self.h_host, values = dict(zip(self.h_rows, values[:n])), values[n:]
             self.advance()
-        keys = [i for i in self.after if i not in self.failed]
-        after = dict(zip(keys, torch.stack([self.after[i] for i in keys]).tolist())) if keys else {}
+        after = dict(zip(self._after_rows(), values))
         for i in self.alpha:
-            if i in self.failed:
+            if i in self.failed or i in self.dropped:
                 continue
             s = self.rows[i]
             s.last_row = self.step_rows[i] = StepRow(
                 t=s.switch.t, entropy=self.h_host[i], ema=self.ema[i], alpha=self.alpha[i],
                 updated=i in self.updated, skipped=i in self.skipped, entropy_after=after.get(i))
+        self.copy, self.done = None, True
+
+    def drop(self, i: int) -> None:
+        """Row i's token was thrown away by vLLM (the request had already stopped): take back
+        what its step counted (the update or skip, the switch's advance, the step) and make no
+        trace row for it. Only for a request's newest step; its slot is left as the step made
+        it (the request is ending)."""
+        s = self.rows[i]
+        self.dropped.add(i)
+        s.steps -= 1
+        s.updates -= int(i in self.updated)
+        s.skipped_updates -= int(i in self.skipped)
+        if i in self.before:
+            s.switch = self.before[i]
+        self.step_rows.pop(i, None)
 
 
 def rowwise(fn: Callable[[list[int]], torch.Tensor], ks: list[int],
@@ -155,19 +266,24 @@ def _adam(s: ControllerState, grad_vn: torch.Tensor) -> torch.Tensor:
 
 
 def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: UpdateInputs | None,
-                    weights: TailWeights) -> StepReport:
+                    weights: TailWeights, earlier: Sequence[StepReport] = ()) -> StepReport:
     """Advance every row by one generated step; writes apply-now logits into `logits` in place.
 
     logits: [R, V] the rows' controlled logits from the main forward. `upd` covers exactly the
     rows whose step t is a multiple of update_every. A non-finite entropy or gradient (or the
     test knob nan_at_step) skips that request's update; it is counted and marked in the trace.
+    `earlier`: reports of earlier steps not finished yet, in step order; an update step
+    finishes them after its host sync (their values have arrived by then), before it advances
+    the switches. Without updates nothing is read: call `read_later`/`finish` on the report.
     """
     report = StepReport(rows)
+    for s in rows:
+        s.steps += 1
 
     def fail(i: int, e: BaseException) -> None:
         report.failed.setdefault(i, e)
 
-    report.h_rows, report.h = rowwise(lambda ks: entropy(logits[ks]), list(range(len(rows))), fail)
+    report.h_rows, report.h = rowwise(lambda ks: entropy(take(logits, ks)), list(range(len(rows))), fail)
     if upd is None or not upd.rows:
         return report
     hkv = rows[upd.rows[0]].slab.v0.shape[2]
@@ -176,19 +292,23 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
     def first_grad(ks: list[int]) -> torch.Tensor:  # dL/dVn for alpha = 1, with its finite flag
         for k in ks:
             s = rows[upd.rows[k]]
-            if s.params.fail_at_step == s.switch.t + 1:
-                raise InjectedFailure(f"injected controller failure at step {s.switch.t + 1} (fail_at_step)")
+            if s.params.fail_at_step == s.steps:
+                raise InjectedFailure(f"injected controller failure at step {s.steps} (fail_at_step)")
         ones = torch.ones(len(ks), dtype=torch.float32, device=logits.device)
-        _, g1 = entropy_grad(logits[[upd.rows[k] for k in ks]], ones)
-        acts = tail_acts(upd.o[ks], upd.residual[ks], weights)
-        return group_grad(upd.a[ks], tail_input_grad(acts, g1, weights), hkv)
+        _, g1 = entropy_grad(take(logits, [upd.rows[k] for k in ks]), ones)
+        j = rows_index(ks, upd.o.device)
+        acts = tail_acts(upd.o[j], upd.residual[j], weights)
+        return group_grad(upd.a[j], tail_input_grad(acts, g1, weights), hkv)
 
     ks, grad_vn = rowwise(first_grad, [k for k, i in enumerate(upd.rows) if i not in report.failed], fail_k)
     finite = torch.isfinite(grad_vn).flatten(1).all(1) if ks else torch.zeros(0, device=logits.device)
-    host = torch.cat([report.h, finite.float()]).tolist() if report.h is not None else finite.tolist()
+    both = torch.cat([report.h, finite.float()]) if report.h is not None else finite.float()
+    host = both.cpu().tolist()  # the step's one host sync
     n_h = len(report.h_rows)
-    report.h_host = dict(zip(report.h_rows, host[:n_h]))  # the step's one host sync
+    report.h_host = dict(zip(report.h_rows, host[:n_h]))
     grad_ok = {k: host[n_h + j] > 0 for j, k in enumerate(ks)}
+    for r in earlier:  # their copies were queued before the sync: reading them does not wait
+        r.finish()
     report.advance()
     o = upd.o.float().clone()
     live, grad_of = [], {k: j for j, k in enumerate(ks)}
@@ -196,10 +316,10 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
         if i in report.failed:
             continue
         s = rows[i]
-        if s.switch.t % s.params.update_every != 0:
+        if s.steps % s.params.update_every != 0:
             raise RuntimeError(f"request {s.req_id}: update inputs at a step without an update")
         ok = math.isfinite(report.h_host[i]) and grad_ok.get(k, False)
-        if not ok or s.params.nan_at_step == s.switch.t:
+        if not ok or s.params.nan_at_step == s.steps:
             report.skipped.add(i)
         else:
             live.append(k)
@@ -208,15 +328,17 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
             live = [k for k in live if rows[upd.rows[k]].params.steps > step and upd.rows[k] not in report.failed]
 
             def next_grad(ks: list[int]) -> torch.Tensor:
-                acts = tail_acts(o[ks], upd.residual[ks], weights)
-                alpha = torch.tensor([report.alpha[upd.rows[k]] for k in ks], dtype=torch.float32, device=o.device)
+                j = rows_index(ks, o.device)
+                acts = tail_acts(o[j], upd.residual[j], weights)
+                alpha = to_device(torch.tensor([report.alpha[upd.rows[k]] for k in ks], dtype=torch.float32),
+                                  o.device)
                 _, g = entropy_grad(head_logits(acts, weights), alpha)
-                return group_grad(upd.a[ks], tail_input_grad(acts, g, weights), hkv)
+                return group_grad(upd.a[j], tail_input_grad(acts, g, weights), hkv)
 
             live, grad_vn = rowwise(next_grad, live, fail_k)
             if not live:
                 break
-            ok = torch.isfinite(grad_vn).flatten(1).all(1).tolist()
+            ok = torch.isfinite(grad_vn).flatten(1).all(1).cpu().tolist()  # one more host sync
             for j, k in enumerate(live):
                 if not ok[j]:
                     report.skipped.add(upd.rows[k])
@@ -244,10 +366,15 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
         report.updated.add(i)
         if s.params.apply == "now":
             now.append(k)
-    now, z = rowwise(lambda ks: tail_logits(o[ks], upd.residual[ks], weights), now, fail_k)
+
+    def now_logits(ks: list[int]) -> torch.Tensor:
+        j = rows_index(ks, o.device)
+        return tail_logits(o[j], upd.residual[j], weights)
+
+    now, z = rowwise(now_logits, now, fail_k)
     if now:
         idx = [upd.rows[k] for k in now]
-        logits[idx] = z.to(logits.dtype)
+        logits[rows_index(idx, logits.device)] = z.to(logits.dtype)
         for i, h_after in zip(idx, entropy(z)):
             report.after[i] = h_after
     return report

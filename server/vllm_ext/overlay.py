@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vreason.kernels.controlled_attention import controlled_attention
+from vreason.server.controller.step import to_device
 
 from .paged_cache import split_kv
 
@@ -53,22 +54,22 @@ class OverlayPlan:
     @classmethod
     def for_rows(cls, attend: list, loads: list, device: torch.device, check: bool) -> OverlayPlan:
         """The plan for `attend`, the (batch row, controller state) pairs that attend at layer L:
-        each state's slab slot, its controlled-position runs and whether it carries an offset."""
+        each state's slab slot, its controlled-position runs and whether it carries an offset.
+        Its index tensors reach the device in one non-blocking copy from pinned memory
+        (`to_device`): planning never waits for the device."""
         k, runs = len(attend), max([1] + [len(s.runs) for _, s in attend])
-        start = torch.zeros(k, runs, dtype=torch.int32)
-        length = torch.zeros(k, runs, dtype=torch.int32)
-        for j, (_, s) in enumerate(attend):
-            for m, (a, n) in enumerate(s.runs):
-                start[j, m], length[j, m] = a, n
-
-        def dev(xs):
-            return torch.tensor(xs, dtype=torch.long).to(device, non_blocking=True)
-
-        return cls(rows=dev([i for i, _ in attend]), slots=dev([s.slot for _, s in attend]),
-                   vid_start=start.to(device), vid_len=length.to(device),
-                   p_max=max([1] + [s.num_positions for _, s in attend]),
-                   overlay=dev([j for j, (_, s) in enumerate(attend) if s.has_offset]),
-                   fresh=dev([j for j, (_, s) in enumerate(attend) if not s.has_offset]),
+        pad = lambda xs: xs + [0] * (runs - len(xs))  # noqa: E731
+        starts = [x for _, s in attend for x in pad([a for a, _ in s.runs])]
+        lengths = [x for _, s in attend for x in pad([n for _, n in s.runs])]
+        overlay = [j for j, (_, s) in enumerate(attend) if s.has_offset]
+        fresh = [j for j, (_, s) in enumerate(attend) if not s.has_offset]
+        ids = [i for i, _ in attend] + [s.slot for _, s in attend] + overlay + fresh
+        both = to_device(torch.tensor(ids + starts + lengths, dtype=torch.long), device)
+        ids_d, spans = both.split([len(ids), 2 * k * runs])
+        rows, slots, overlay_d, fresh_d = ids_d.split([k, k, len(overlay), len(fresh)])
+        spans = spans.view(2, k, runs).to(torch.int32)
+        return cls(rows=rows, slots=slots, vid_start=spans[0], vid_len=spans[1],
+                   p_max=max([1] + [s.num_positions for _, s in attend]), overlay=overlay_d, fresh=fresh_d,
                    loads=loads, check=check, attend_states=[s for _, s in attend])
 
 

@@ -35,6 +35,7 @@ from vllm.logger import init_logger
 
 from vreason.server.controller import (ControllerSlab, ControllerState, UpdateInputs, VReasonParams,
                                        controller_step, serving_tail, tail_logits)
+from vreason.server.controller.step import StepReport, rows_index, take, to_device
 from vreason.server.wire import (CHECK_ENV, CHOICE_KEY, DISABLED_KEY, EXTRA_ARGS_KEY, FAILED, NO_SLOT,
                                  POSITIONS_KEY, REQUEST_TAG_KEY, SLOTS_KEY, STATS_EVERY_S, TRANSPOSED_KEY, RequestEnd,
                                  StepRow, WorkerStats)
@@ -74,6 +75,8 @@ class VReasonRunnerMixin:
         self._vr_slab: ControllerSlab | None = None
         self._vr_rows: list[tuple[int, ControllerState]] = []
         self._vr_last_plan: OverlayPlan | None = None
+        self._vr_reports: list[tuple[StepReport, set[int]]] = []  # step order; rows not yet sent
+        self._vr_last_report: StepReport | None = None  # the latest forward's (None: no controlled rows)
         self._vr_ends: list[RequestEnd] = []
         self._vr_step_seconds: list[float] = []
         self._vr_stats_at = 0.0
@@ -117,30 +120,47 @@ class VReasonRunnerMixin:
                     slots, positions, self._vr_slab.nbytes() / 2**20, self._vr_slab.bytes_per_slot() / 2**20,
                     self._vr_transient_bytes(slots) / 2**20, cfg.num_hidden_layers, cfg.hidden_size,
                     compilation_summary(self.vllm_config))
-        if self.device.type == "cuda":
-            seconds = warm_up_kernels(self.device, overlay.num_heads, overlay.num_kv_heads, overlay.head_dim,
-                                      cfg.vocab_size, self.kv_cache_dtype)
-            logger.info("V-Reason: Triton kernels compiled and warmed up in %.1f s", seconds)
         return out
 
     def initialize_kv_cache(self, *args, **kwargs):
-        """After vLLM has allocated the caches and built the backends (the CPU ISA is chosen
-        there): prove the layout of layer L's cache on this hardware, or disable V-Reason."""
+        """After vLLM has allocated the caches and built the backends (the CPU ISA and the kernel
+        block size are fixed there): prove the layout of layer L's cache on this hardware and, on
+        a GPU, compile the kernels for the shapes serving will launch; or disable V-Reason."""
         self.vreason_calls["initialize_kv_cache"] += 1
         out = super().initialize_kv_cache(*args, **kwargs)
-        if self._vr_slab is not None:
-            report = self._vr_probe_layout()
-            self.vreason_layout = report.as_dict()
-            if report.reason is not None:
-                self.vreason_unavailable = (report.reason,)
-                self._vr_slab = self.get_model().vreason_overlay.slab = None
-                logger.warning("V-Reason is disabled on this deployment (plain requests are served as usual): %s",
-                               report.reason)
-            else:
-                logger.info("V-Reason: layer L's KV cache layout proven on this hardware (%s, ISA %s, %s; overlay "
-                            "vs backend attention %.2g, tolerance %.2g)", report.backend, report.isa,
-                            report.packing, report.max_error, report.tolerance)
+        if self._vr_slab is None:
+            return out
+        report = self._vr_probe_layout()
+        self.vreason_layout = report.as_dict()
+        reason = report.reason
+        if reason is None:
+            logger.info("V-Reason: layer L's KV cache layout proven on this hardware (%s, ISA %s, %s; overlay "
+                        "vs backend attention %.2g, tolerance %.2g)", report.backend, report.isa,
+                        report.packing, report.max_error, report.tolerance)
+            if self.device.type == "cuda":
+                reason = self._vr_warm_up()
+        if reason is not None:
+            self.vreason_unavailable = (reason,)
+            self._vr_slab = self.get_model().vreason_overlay.slab = None
+            logger.warning("V-Reason is disabled on this deployment (plain requests are served as usual): %s",
+                           reason)
         return out
+
+    def _vr_warm_up(self) -> str | None:
+        """Compile and run the Triton kernels once at the deployment's shapes; the reason on failure."""
+        overlay = self.get_model().vreason_overlay
+        layer = self.vllm_config.compilation_config.static_forward_context[overlay.layer_name]
+        try:
+            seconds = warm_up_kernels(self.device, overlay, self._vr_slab, block_size=layer.kv_cache.shape[2],
+                                      max_model_len=self.model_config.max_model_len,
+                                      max_rows=self.scheduler_config.max_num_seqs,
+                                      vocab_sizes=(self.model_config.hf_config.get_text_config().vocab_size,
+                                                   self._vr_tail.lm_head.shape[0]))
+        except Exception as e:  # noqa: BLE001 - a kernel that does not compile here disables V-Reason, not the worker
+            logger.exception("V-Reason: kernel warm-up failed")
+            return f"the V-Reason kernels failed to compile or run at start-up: {type(e).__name__}: {e}"
+        logger.info("V-Reason: Triton kernels compiled and warmed up in %.1f s", seconds)
+        return None
 
     def _vr_probe_layout(self):
         overlay = self.get_model().vreason_overlay
@@ -157,6 +177,7 @@ class VReasonRunnerMixin:
             c = self._vr_requests.pop(req_id, None)
             s = self.vreason_states.pop(req_id, None)
             if s is not None:
+                self._vr_settle(req_id, c, s)
                 s.release()
                 self.vreason_totals["freed"] += 1
             if c is not None:
@@ -193,18 +214,17 @@ class VReasonRunnerMixin:
         if self.execute_model_state is not None and self._vr_rows:
             try:
                 report = self._vr_control()
+                # queued before vLLM's sampler, so vLLM's own output copy (which the engine waits
+                # for) also covers this step's trace values
+                report.read_later()
             except Exception as e:  # noqa: BLE001 - not one request's: fail this step's controlled rows
                 self._vr_fail_rows(e)
+                report = None
             self._vr_rows = []
+        self._vr_last_report = report
         out = super().sample_tokens(grammar_output)
         if report is not None:
-            try:
-                report.finish()  # reads the trace values once, after the sampler
-            except Exception as e:  # noqa: BLE001
-                self._vr_fail_rows(e, list(report.rows))
-                report = None
-            if report is not None:
-                self._vr_after_step(report, time.perf_counter() - t0)
+            self._vr_after_step(report, time.perf_counter() - t0)
         return out
 
     # -- stats ---------------------------------------------------------------------------------
@@ -296,7 +316,9 @@ class VReasonRunnerMixin:
             return None
 
     def _vr_plan(self) -> OverlayPlan | None:
-        """The controlled rows of this step (host bookkeeping only) and the plan for layer L."""
+        """The controlled rows of this step (host bookkeeping only) and the plan for layer L.
+        No host sync: what goes to the device is copied from pinned memory without waiting."""
+        self._vr_last_report = None
         num_reqs = self.input_batch.num_reqs
         req_ids = self.input_batch.req_ids[:num_reqs]
         discard = self.discard_request_mask.np[:num_reqs]
@@ -315,7 +337,7 @@ class VReasonRunnerMixin:
                     if s is None:
                         continue
                 if not s.loaded:
-                    loads.append((s, i, run_positions(s.runs).to(self.device)))
+                    loads.append((s, i, to_device(run_positions(s.runs), self.device)))
             except Exception as e:  # noqa: BLE001 - this request's own bookkeeping
                 self._vr_fail(r, e)
                 continue
@@ -349,12 +371,15 @@ class VReasonRunnerMixin:
         return s
 
     def _vr_control(self):
-        """The controller step of every controlled row; updates read what the forward left."""
+        """The controller step of every controlled row; updates read what the forward left.
+        Host syncs: none without an update, one with (step.py); rows are picked by `rows_index`
+        (a device tensor indexed by a Python list would copy the list to the device blocking)."""
         state = self.execute_model_state
         plan = self._vr_last_plan
         rows = [s for _, s in self._vr_rows]
         batch_rows = [i for i, _ in self._vr_rows]
-        logits = state.logits[batch_rows].float()
+        # a view of vLLM's fp32 logits when the rows are consecutive: the write-back below is then a no-op
+        logits = take(state.logits, batch_rows).float()
         upd = None
         updating = [k for k, s in enumerate(rows) if s.updates_at_next_step()]
         if updating:
@@ -362,7 +387,7 @@ class VReasonRunnerMixin:
                 raise RuntimeError("vLLM returned no auxiliary hidden states")
             self.vreason_calls["aux_hidden_states"] += 1
             where = {id(s): j for j, s in enumerate(plan.attend_states)}
-            j = torch.tensor([where[id(rows[k])] for k in updating]).to(plan.o.device, non_blocking=True)
+            j = rows_index([where[id(rows[k])] for k in updating], plan.o.device)
             residual = state.aux_hidden_states[0][plan.last[j]].float()
             upd = UpdateInputs(updating, plan.o[j], plan.a[j], residual)
             if self._vr_check:
@@ -370,12 +395,13 @@ class VReasonRunnerMixin:
         if plan is not None and plan.checked:
             self.vreason_max_overlay_error = max(self.vreason_max_overlay_error, plan.max_error)
             self.vreason_totals["overlay_checks"] += plan.checked
-        report = controller_step(rows, logits, upd, self._vr_tail)
+        report = controller_step(rows, logits, upd, self._vr_tail, [r for r, _ in self._vr_reports])
         for i, e in report.failed.items():
             self._vr_fail(rows[i].req_id, e)
         if report.after:
             changed = list(report.after)
-            state.logits[[batch_rows[k] for k in changed]] = logits[changed].to(state.logits.dtype)
+            into = rows_index([batch_rows[k] for k in changed], state.logits.device)
+            state.logits[into] = take(logits, changed).to(state.logits.dtype)
         return report
 
     def _vr_check_tail(self, rows, updating, upd, logits) -> None:
@@ -387,20 +413,73 @@ class VReasonRunnerMixin:
             self.vreason_max_tail_error = max(self.vreason_max_tail_error, err)
             self.vreason_totals["tail_checks"] += len(fresh)
 
-    def _vr_after_step(self, report, seconds: float) -> None:
-        """Count the step, and send the rows of traced requests (nothing for untraced ones)."""
-        rows: list[tuple[str, int, StepRow]] = []
-        for i, row in report.step_rows.items():
-            s = report.rows[i]
-            self.vreason_totals["updates"] += int(row.updated)
-            self.vreason_totals["skipped_updates"] += int(row.skipped)
-            c = self._vr_requests.get(s.req_id)
-            if c is not None and s.params.trace:
-                rows.append((c.tag, c.choice, row))
-                s.rows_sent += 1
+    def _vr_after_step(self, report: StepReport, seconds: float) -> None:
+        """Queue the step's report and send what is ready (`_vr_flush`)."""
+        self._vr_reports.append((report, set(range(len(report.rows)))))
         if len(self._vr_step_seconds) < 10_000:
             self._vr_step_seconds.append(seconds)
+        self._vr_flush()
+
+    def _vr_flush(self, ending: tuple[Controlled, ControllerState] | None = None) -> None:
+        """Finish, in step order, the queued reports whose values have reached the host (never
+        waiting), then count each row and send the rows of traced requests, in order. A
+        request's newest row waits until the request runs its next step or ends: until then
+        vLLM may still throw its token away (`_vr_settle`). `ending` (a request being ended):
+        every report with a row of it is finished now, waiting if need be, and its rows are sent."""
+        last = -1
+        if ending is not None:
+            last = max((k for k, (r, left) in enumerate(self._vr_reports)
+                        if any(r.rows[i] is ending[1] and i not in r.dropped for i in left)), default=-1)
+        rows: list[tuple[str, int, StepRow]] = []
+        queue, self._vr_reports = self._vr_reports, []
+        for k, (report, left) in enumerate(queue):
+            if k > last and not report.ready():
+                self._vr_reports.extend(queue[k:])  # later reports wait for it: the switch reads H_t in order
+                break
+            try:
+                report.finish()
+            except Exception as e:  # noqa: BLE001 - reading the step's values failed: its requests fail
+                self._vr_fail_rows(e, [s for s in report.rows if not s.released])
+                continue
+            for i in sorted(left):
+                s, row = report.rows[i], report.step_rows.get(i)
+                own = ending is not None and s is ending[1]
+                c = ending[0] if own else self._vr_requests.get(s.req_id)
+                if row is not None and c is not None and not s.released and not own and row.t >= s.steps:
+                    continue  # its newest: wait for its next step or its end
+                left.discard(i)
+                if row is None or c is None or s.released:
+                    continue  # failed, dropped or ended: nothing to send
+                self.vreason_totals["updates"] += int(row.updated)
+                self.vreason_totals["skipped_updates"] += int(row.skipped)
+                if s.params.trace:
+                    rows.append((c.tag, c.choice, row))
+                    s.rows_sent += 1
+            if left:
+                self._vr_reports.append((report, left))
         self._vr_send(rows)
+
+    def _vr_settle(self, req_id: str, c: Controlled | None, s: ControllerState) -> None:
+        """Before a finished request's RequestEnd: read and send the rest of its rows.
+
+        Under async scheduling vLLM schedules step N+1 before token N is known, so a request
+        that stopped at N (an end-of-sequence or stop token, a stop string, an abort) is still in
+        step N+1's batch and that token is thrown away. The worker cannot tell at N+1 without a
+        host sync (the stop is decided by the scheduler from token N's value), so that step
+        runs; the request's finish then arrives while it is still in the persistent batch of
+        that last step, and its newest step is taken back: not sent, not counted. (A request
+        stopped by max_tokens or the model length is not scheduled again, so it is not there.)"""
+        try:
+            newest = self._vr_last_report
+            if (getattr(self, "use_async_scheduling", False) and newest is not None
+                    and req_id in self.input_batch.req_id_to_index):
+                for i, r in enumerate(newest.rows):
+                    if r is s:
+                        newest.drop(i)
+            if c is not None:
+                self._vr_flush((c, s))
+        except Exception:  # noqa: BLE001 - its end still goes out (with the rows sent so far)
+            logger.exception("V-Reason: could not settle the trace of request %s", req_id)
 
     def _vr_send(self, rows: list) -> None:
         now = time.monotonic()
