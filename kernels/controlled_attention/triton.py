@@ -320,21 +320,10 @@ def controlled_attention_launches(
     return out, weights, launches
 
 
-def controlled_attention_triton(
-    q: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    seq_lens: torch.Tensor,
-    vid_start: torch.Tensor,
-    vid_len: torch.Tensor,
-    values: torch.Tensor,
-    scale: float,
-    num_splits: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch on inputs already checked by `vreason.kernels.controlled_attention` (R > 0)."""
-    out, weights, launches = controlled_attention_launches(
-        q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, scale, num_splits)
+def controlled_attention_triton(*args, num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch on inputs already checked by `vreason.kernels.controlled_attention` (R > 0); the
+    arguments of `controlled_attention_launches`."""
+    out, weights, launches = controlled_attention_launches(*args, num_splits=num_splits)
     for launch in launches:
         launch()
     return out, weights

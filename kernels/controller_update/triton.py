@@ -114,22 +114,10 @@ def controller_update_launches(
     return vn, [launch]
 
 
-def controller_update_triton(
-    delta: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    v0: torch.Tensor,
-    grad_vn: torch.Tensor,
-    step: torch.Tensor,
-    lr: torch.Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    norm_restore: bool,
-) -> torch.Tensor:
-    """Launch on inputs already checked by `vreason.kernels.controller_update` (N > 0)."""
-    vn, launches = controller_update_launches(delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, beta1, beta2,
-                                              eps, norm_restore)
+def controller_update_triton(*args) -> torch.Tensor:
+    """Launch on inputs already checked by `vreason.kernels.controller_update` (N > 0); the
+    arguments of `controller_update_launches`."""
+    vn, launches = controller_update_launches(*args)
     for launch in launches:
         launch()
     return vn
