@@ -8,11 +8,12 @@ class Admission:
         self.limit = limit
         self.in_flight = 0
 
-    def try_acquire(self) -> bool:
-        if self.in_flight >= self.limit:
+    def try_acquire(self, n: int = 1) -> bool:
+        """Take `n` places (a batch request takes one per conversation), all or none."""
+        if self.in_flight + n > self.limit:
             return False
-        self.in_flight += 1
+        self.in_flight += n
         return True
 
-    def release(self) -> None:
-        self.in_flight = max(0, self.in_flight - 1)
+    def release(self, n: int = 1) -> None:
+        self.in_flight = max(0, self.in_flight - n)

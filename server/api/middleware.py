@@ -15,7 +15,7 @@ import uuid
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("vreason.access")
-OPEN_PATHS = ("/health", "/metrics")
+OPEN_PATHS = ("/health", "/ping", "/metrics")
 
 
 async def _send_error(send, status: int, message: str, code: str, headers: list | None = None) -> None:

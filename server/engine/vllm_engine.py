@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, fields, replace
 
+from jinja2 import TemplateError
+
 from vreason.server.wire import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY
 from vreason.server.video import SamplingSpec, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
@@ -25,7 +27,8 @@ from .support import vllm_config_reasons
 from .token_texts import token_texts
 from .traces import TraceHub
 from .types import (ChoiceDelta, EngineClientError, EngineUnavailable, GenerateRequest, ImagePart,
-                    Message, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart, VideoUse)
+                    Message, PromptLogprob, SamplingOptions, TextPart, TokenLogprob, Usage, VideoPart,
+                    VideoUse)
 
 logger = logging.getLogger("vreason.engine")
 
@@ -134,12 +137,20 @@ class VllmEngine:
 
     async def _prompt(self, request: GenerateRequest, usage: Usage) -> dict:
         chat, urls = _chat_for_template(request.messages)  # urls: a URL or a frame-URL list per video
+        chat = _developer_as_system(chat, self._processor.chat_template or "")
         if len(urls) > self.cfg.limit_videos_per_prompt:
             raise EngineClientError(
                 f"at most {self.cfg.limit_videos_per_prompt} video(s) per request are allowed on this "
                 f"server, got {len(urls)}", param="messages", code="too_many_videos")
-        text = self._processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False,
-                                                   **request.chat_template_kwargs)
+        try:
+            text = self._processor.apply_chat_template(
+                chat, add_generation_prompt=request.add_generation_prompt,
+                continue_final_message=request.continue_final_message, tokenize=False,
+                **request.chat_template_kwargs)
+        except (ValueError, TemplateError) as e:  # the template (or transformers) refused these messages
+            raise EngineClientError(f"the chat template cannot render this request: {e}",
+                                    param="continue_final_message" if request.continue_final_message
+                                    else "messages") from e
         prompt: dict = {"prompt": text}
         if urls:
             videos = await self._load_videos(request, urls, usage)
@@ -200,17 +211,20 @@ class VllmEngine:
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as VllmChatRequest
         from vllm.exceptions import VLLMValidationError
+        from vllm.sampling_params import RequestOutputKind
 
         s = request.sampling
         sent = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()
                 if v is not None and k != "max_tokens"}
         try:
-            # stream=True: vLLM then emits DELTA outputs, which this engine always consumes.
-            vreq = VllmChatRequest.model_validate({"messages": [], "stream": True, **sent})
+            vreq = VllmChatRequest.model_validate({"messages": [], **sent})
             params = vreq.to_sampling_params(self._max_tokens(s.max_tokens), self._defaults)
+            params.output_kind = RequestOutputKind.DELTA  # what this engine always consumes
         except ValidationError as e:
             err = e.errors()[0] if e.errors() else {}
-            param = ".".join(str(x) for x in err.get("loc", ())) or None
+            # vLLM's own checks of field combinations raise inside its validators, naming the field.
+            param = (".".join(str(x) for x in err.get("loc", ()))
+                     or getattr(err.get("ctx", {}).get("error"), "parameter", None) or None)
             raise EngineClientError(f"{param}: {err.get('msg', e)}" if param else str(e), param=param) from e
         except (VLLMValidationError, ValueError, TypeError) as e:  # all from the request's own fields
             # vLLM's messages start with the field's name when it gives no parameter.
@@ -243,12 +257,17 @@ class VllmEngine:
                     started = True
                     if out.prompt_token_ids is not None:
                         usage.prompt_tokens = len(out.prompt_token_ids)
+                        usage.prompt_token_ids = tuple(out.prompt_token_ids)
+                    # on the first output; a controlled request with n > 1 gets them once per choice
+                    if out.prompt_logprobs is not None and usage.prompt_logprobs is None:
+                        usage.prompt_logprobs = _prompt_logprobs(out.prompt_logprobs)
                     for c in out.outputs:
                         i = index if index is not None else c.index
                         counts[i] += len(c.token_ids)
                         usage.completion_tokens = sum(counts)
                         delta = ChoiceDelta(i, c.text, counts[i], c.finish_reason, stop_reason=c.stop_reason,
                                             logprobs=self._logprobs(c, params.logprobs),
+                                            token_ids=tuple(c.token_ids),
                                             token_texts=token_texts(self._tokenizer, c.token_ids,
                                                                     params.skip_special_tokens))
                         if trace is not None:
@@ -324,16 +343,44 @@ class VllmEngine:
                             None if raw is None else tuple(raw.encode("utf-8", errors="replace")))
 
 
+def _prompt_logprobs(positions) -> list[dict[int, PromptLogprob] | None]:
+    """vLLM's prompt logprobs as plain values (-inf as -9999.0, as `vllm serve` clamps them)."""
+    return [None if pos is None else {tid: PromptLogprob(max(lp.logprob, -9999.0), lp.rank, lp.decoded_token)
+                                      for tid, lp in pos.items()} for pos in positions]
+
+
 def _fault_param(e: Exception, request: GenerateRequest) -> str:
     """The request field a vLLM admission error is about. vLLM names a sampling field
     (logit_bias, stop_token_ids, ...), or its own notion ("input_tokens": the prompt, i.e. the
-    messages); its structured-output grammar errors name nothing but come from response_format."""
+    messages); its structured-output grammar errors name nothing but come from structured_outputs
+    or response_format."""
     name = getattr(e, "parameter", None)
     if name in _SAMPLING_FIELDS:
         return name
-    if request.sampling.response_format is not None and str(e).startswith("Grammar error"):
-        return "response_format"
+    if str(e).startswith("Grammar error"):
+        if request.sampling.structured_outputs is not None:
+            return "structured_outputs"
+        if request.sampling.response_format is not None:
+            return "response_format"
     return "messages"
+
+
+def _developer_as_system(chat: list[dict], template: str) -> list[dict]:
+    """vLLM serve's rule for a template without a "developer" role (Qwen2.5-VL's): developer
+    messages become system messages, and several system messages are merged into the first,
+    their texts joined by blank lines."""
+    named = "'developer'" in template or '"developer"' in template
+    if named or not any(m["role"] == "developer" for m in chat):
+        return chat
+    chat = [{**m, "role": "system"} if m["role"] == "developer" else m for m in chat]
+    systems = [i for i, m in enumerate(chat) if m["role"] == "system"]
+    if systems == [0]:
+        return chat
+
+    def text(content) -> str:
+        return content if isinstance(content, str) else "\n".join(p["text"] for p in content if "text" in p)
+    merged = "\n\n".join(t for i in systems if (t := text(chat[i]["content"])))
+    return [{"role": "system", "content": merged}, *(m for m in chat if m["role"] != "system")]
 
 
 def _chat_for_template(messages: tuple[Message, ...]) -> tuple[list[dict], list[str | list[str]]]:

@@ -50,14 +50,15 @@ async def test_stream_framing_and_usage():
 
 
 @pytest.mark.parametrize("body,status,param", [
-    ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ({**BODY, "model": 3}, 400, "model"),
     ({**BODY, "messages": []}, 400, "messages"),
     ({**BODY, "temperature": "hot"}, 400, "temperature"),
     ({**BODY, "n": 1000}, 400, "n"),
     ({**BODY, "top_p": 0}, 400, "top_p"),
     ({**BODY, "stream_options": {"include_usage": "yes please"}}, 400, "stream_options.include_usage"),
     ({**BODY, "stream_options": {"bogus": True}}, 400, "stream_options.bogus"),
-    ({**BODY, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+    ({**BODY, "messages": [{"role": "tool", "content": "hi"}]}, 400, "messages.0.role"),
+    ({**BODY, "messages": [{"role": "", "content": "hi"}]}, 400, "messages.0.role"),
     ({**BODY, "vreason": {"steps": 0}}, 400, "vreason.steps"),
     ({**BODY, "vreason": {"norm_restore": "layer"}}, 400, "vreason.norm_restore"),
     ({**BODY, "vreason": "yes"}, 400, "vreason"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.messages import QUESTION, video_messages
-from tests.helpers.oracle import MAX_TOKENS
+from tests.helpers.oracle import MAX_TOKENS, oracle_inputs
 from tests.reference.eager_vreason import eager_generate
 from vreason.server.controller import VReasonParams
 
@@ -38,3 +38,30 @@ def test_server_trace_and_tokens_match_eager_reference(client, server, hf, knobs
         assert mine["ema"] == pytest.approx(ref["ema"], abs=1e-3), t
         assert (mine["alpha"], mine["updated"]) == (ref["alpha"], ref["updated"]), t
     assert max(s["entropy"] for s in steps) - min(s["entropy"] for s in steps) > 1.0
+
+
+def test_continued_thought_is_controlled_from_the_first_generated_token(client, server, demo_model, media_dir):
+    """An assistant prefill that opens a thought (continue_final_message): the server continues
+    it, and its trace follows the oracle's on the prefilled prompt from row 1 = the first
+    generated token (entropies, update schedule, tokens); the continuation is reasoning."""
+    prefill = "<think>\nThe video shows"
+    proc, model, inputs, url = oracle_inputs(demo_model, media_dir, prefill=prefill)
+    knobs = {"update_every": 2, "steps": 1, "lr": 0.1}
+    r = client.chat.completions.create(
+        model=server.model, max_tokens=MAX_TOKENS, temperature=0,
+        messages=[*video_messages(url, QUESTION), {"role": "assistant", "content": prefill}],
+        extra_body={"continue_final_message": True, "add_generation_prompt": False, "return_token_ids": True,
+                    "vreason": {**knobs, "trace": True}})
+    steps, ids = r.model_extra["vreason"]["steps"], r.choices[0].model_extra["token_ids"]
+    assert r.model_extra["prompt_token_ids"] == inputs["input_ids"][0].tolist()  # the prefill ends the prompt
+    tokens, rows = eager_generate(model, inputs, model.config.video_token_id, model.config.text_config.eos_token_id,
+                                  MAX_TOKENS, VReasonParams.from_dict(knobs))
+    assert len(steps) == len(ids) == r.usage.completion_tokens == len(rows)
+    assert ids == tokens
+    for t, (mine, ref) in enumerate(zip(steps, rows), start=1):
+        assert mine["entropy"] == pytest.approx(ref["entropy"], abs=1e-3), t
+        assert (mine["alpha"], mine["updated"]) == (ref["alpha"], ref["updated"]) == (mine["alpha"], t % 2 == 0), t
+    text = proc.tokenizer.decode(tokens, skip_special_tokens=True)
+    msg = r.choices[0].message
+    thought, _, answer = text.partition("</think>")
+    assert (msg.model_extra["reasoning"], msg.content) == (thought, answer)  # the open <think> goes on

@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -37,6 +37,11 @@ Q = "Which way does the red square move?"
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 TOOL = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 SAMPLE = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}  # overrides the model's near-greedy defaults
+OMIT = object()  # a body value that removes the field (e.g. the model) from the request
+# An assistant message to continue (continue_final_message), plain and as an open thought.
+PREFILL = [*HI, {"role": "assistant", "content": "The weather today is"}]
+THINK = [*HI, {"role": "assistant", "content": "<think>\nThe user asks about"}]
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
 
 def vmsg(url: str) -> list[dict]:
@@ -51,11 +56,18 @@ class Row:
     stock: bool = True  # False: never sent to stock vLLM (it would crash its engine)
     ours_status: int | None = None  # ours must answer exactly this (and name a param if 4xx)
     video: str | None = None  # "mp4" or "frames": filled in with the media fixture
+    path: str = "/v1/chat/completions"
 
 
 def R(id: str, stream: bool = False, compare: str = "tokens", **body) -> Row:
     base = {"max_tokens": 8, "messages": HI}
     return Row(id, {**base, **body, **({"stream": True} if stream else {})}, compare)
+
+
+def B(id: str, compare: str = "tokens", stream: bool = False, **body) -> Row:
+    """A row for vLLM's batch route: two conversations (unless `messages` says), one choice each."""
+    body.setdefault("messages", [HI, [{"role": "user", "content": "Name a colour."}]])
+    return replace(R(id, stream, compare, **body), path="/v1/chat/completions/batch")
 
 
 ROWS = [
@@ -99,6 +111,50 @@ ROWS = [
       response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}),
     R("json_schema_stream", stream=True, temperature=0, max_tokens=24,
       response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}),
+    R("structured_choice", temperature=0, structured_outputs={"choice": ["sunny", "rainy", "cloudy"]}),
+    R("structured_regex", temperature=0, structured_outputs={"regex": "[0-9]{3}-[a-z]{2}"}),
+    R("structured_json", temperature=0, structured_outputs={"json": SCHEMA}, max_tokens=24),
+    R("structured_grammar", temperature=0, structured_outputs={"grammar": 'root ::= "yes" | "no" | "maybe"'}),
+    R("structured_choice_stream", stream=True, temperature=0, structured_outputs={"choice": ["sunny", "rainy"]}),
+    R("bad_structured_two_constraints", compare="status", structured_outputs={"choice": ["a"], "regex": "a"}),
+    # -- prompt rendering: assistant prefill, continuation, echo --
+    R("continue_final_message", temperature=0, messages=PREFILL, **CONTINUE),
+    R("continue_final_message_stream", stream=True, temperature=0, messages=PREFILL, **CONTINUE),
+    # An open <think>: our split returns the continuation as reasoning, so the token ids are compared.
+    R("continue_final_message_think", temperature=0, messages=THINK, return_token_ids=True, logprobs=True,
+      **CONTINUE),
+    R("add_generation_prompt_false", temperature=0, add_generation_prompt=False),
+    R("echo_continued", temperature=0, messages=PREFILL, echo=True, **CONTINUE),
+    R("echo_continued_stream", stream=True, temperature=0, messages=PREFILL, echo=True, **CONTINUE),
+    R("echo_new_message", temperature=0, messages=PREFILL, echo=True),  # echoes the last assistant message
+    R("echo_user_message", temperature=0, echo=True),  # last message not the answer's role: nothing echoed
+    # echo with logprobs: prompt_logprobs default to top_logprobs (vLLM's rule)
+    R("echo_logprobs", temperature=0, messages=PREFILL, echo=True, logprobs=True, top_logprobs=2, **CONTINUE),
+    R("bad_continue_with_generation_prompt", compare="status", messages=PREFILL, continue_final_message=True),
+    # -- prompt logprobs, token ids --
+    R("prompt_logprobs", temperature=0, prompt_logprobs=3, max_tokens=2),
+    R("prompt_logprobs_0", temperature=0, prompt_logprobs=0, max_tokens=2),
+    R("bad_prompt_logprobs_stream", stream=True, compare="status", prompt_logprobs=1),
+    R("bad_prompt_logprobs_21", compare="status", prompt_logprobs=21),
+    R("return_token_ids", temperature=0, return_token_ids=True),
+    R("return_token_ids_stream", stream=True, temperature=0, return_token_ids=True),
+    R("return_token_ids_n2_seeded", **SAMPLE, seed=13, n=2, return_token_ids=True),
+    # -- model, roles, beam search --
+    R("model_omitted", temperature=0, model=OMIT),
+    R("model_empty", temperature=0, model=""),
+    R("developer_role", temperature=0, messages=[{"role": "developer", "content": "Answer in one word."}, *HI]),
+    R("developer_after_system", temperature=0, messages=[{"role": "system", "content": "You are terse."},
+                                                         {"role": "developer", "content": "Answer in French."}, *HI]),
+    R("custom_role", temperature=0, messages=[{"role": "narrator", "content": "It is a cold morning."}, *HI]),
+    R("use_beam_search_false", temperature=0, use_beam_search=False, length_penalty=1.0),
+    # -- vLLM's batch route --
+    B("batch", temperature=0),
+    B("batch_token_ids_logprobs", temperature=0, return_token_ids=True, logprobs=True, top_logprobs=2),
+    B("batch_continue_echo", temperature=0, echo=True, **CONTINUE,
+      messages=[PREFILL, [{"role": "user", "content": "Count: 1, 2,"}]]),
+    B("bad_batch_n2", compare="status", n=2),
+    B("batch_tools", compare="status", tools=TOOL),
+    B("batch_stream", compare="status", stream=True),
     # -- accepted and ignored --
     R("ignored_user_metadata_store", temperature=0, user="u1", metadata={"k": "v"}, store=False),
     R("tool_choice_none_without_tools", temperature=0, tool_choice="none"),
@@ -119,6 +175,11 @@ ROWS = [
     # -- differences by design (see STATUS_DIFFERENCES) --
     R("unknown_field", compare="status", temperature=0, foo=1),
     R("tools_with_tool_choice_none", compare="status", temperature=0, tools=TOOL, tool_choice="none"),
+    R("use_beam_search", compare="status", temperature=0, use_beam_search=True, n=2),
+    R("message_reasoning_field", compare="status", temperature=0,
+      messages=[*HI, {"role": "assistant", "content": "Sunny.", "reasoning": "It is July."}, *HI]),
+    R("tool_role_message", compare="status", temperature=0,
+      messages=[*HI, {"role": "tool", "content": "sunny", "tool_call_id": "c1"}]),
     # -- never sent to stock: its CPU engine dies on top_logprobs near the vocabulary size --
     Row("top_logprobs_near_vocab", {"max_tokens": 2, "messages": HI, "logprobs": True, "top_logprobs": 2000},
         "status", stock=False, ours_status=400),
@@ -150,6 +211,20 @@ STATUS_DIFFERENCES = {
     "unknown_field": "stock ignores unknown fields; this server refuses them with a 400 naming them",
     "tools_with_tool_choice_none": "stock renders the tools into the prompt and ignores them; this server "
                                    "has no tool calling and refuses `tools` outright",
+    "use_beam_search": "this server refuses beam search (vLLM runs it in its API layer; V-Reason's controller "
+                       "runs one sequence per choice)",
+    "message_reasoning_field": "stock hands a message's reasoning to the template, which drops it (Qwen2.5-VL's "
+                               "does not read it); this server refuses it rather than drop it silently",
+    "tool_role_message": "stock renders tool messages; this server has no tool calling and refuses them",
+    "batch_stream": "stock's batch route ignores stream (it answers in one body); this server refuses it",
+    "batch_tools": "stock's batch route renders the tools (tool_choice is \"none\" there); this server refuses "
+                   "tools",
+}
+# Rows whose text differs by design, with why; their token ids (return_token_ids), logprobs,
+# finish reasons and usage are still compared.
+TEXT_DIFFERENCES = {
+    "continue_final_message_think": "the continued <think> goes to message.reasoning here (the reasoning "
+                                    "split), to content on stock (no reasoning parser)",
 }
 # Rows whose tokens may differ (status, shape and finish reason are still compared), with why.
 # Measured: for the 16-frame clip stock's prompt has 89 tokens (4 frames) with and without
@@ -192,6 +267,7 @@ class Answer:
     usage: dict | None = None
     shape: dict = field(default_factory=dict)  # JSON path -> type name (nulls as "null")
     raw: object = None
+    prompt: dict = field(default_factory=dict)  # prompt_token_ids, prompt_logprobs (when not null)
 
 
 def _shape(obj, path: str, out: dict) -> None:
@@ -217,11 +293,19 @@ def _tokens(lp: dict | None) -> list | None:
     return [(t["token"], t["logprob"], [(a["token"], a["logprob"]) for a in t["top_logprobs"]]) for t in lp["content"]]
 
 
-def ask(url: str, row: Row, model: str) -> Answer:
-    body = {"model": model, **row.body}
+def _prompt_logprobs(positions: list | None) -> list | None:
+    """Per prompt position: sorted (token id, logprob, rank, decoded token)."""
+    if positions is None:
+        return None
+    return [None if p is None else sorted((int(k), v["logprob"], v["rank"], v["decoded_token"]) for k, v in p.items())
+            for p in positions]
+
+
+def ask(url: str, row: Row, model: str, path: str = "/v1/chat/completions") -> Answer:
+    body = {k: v for k, v in {"model": model, **row.body}.items() if v is not OMIT}
     with httpx.Client(timeout=180) as http:
         if not body.get("stream"):
-            r = http.post(f"{url}/v1/chat/completions", json=body)
+            r = http.post(url + path, json=body)
             data = r.json()
             ans = Answer(r.status_code, raw=data)
             _shape(data, "", ans.shape)
@@ -230,10 +314,14 @@ def ask(url: str, row: Row, model: str) -> Answer:
                 return ans
             for c in data["choices"]:
                 ans.choices[c["index"]] = {"text": c["message"]["content"], "finish": c["finish_reason"],
-                                           "stop": c.get("stop_reason"), "logprobs": _tokens(c["logprobs"])}
+                                           "stop": c.get("stop_reason"), "logprobs": _tokens(c["logprobs"]),
+                                           "role": c["message"]["role"], "token_ids": c.get("token_ids")}
             ans.usage = {k: data["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
+            ans.prompt = {k: data[k] for k in ("prompt_token_ids", "prompt_logprobs") if data.get(k) is not None}
+            if "prompt_logprobs" in ans.prompt:
+                ans.prompt["prompt_logprobs"] = _prompt_logprobs(ans.prompt["prompt_logprobs"])
             return ans
-        with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        with http.stream("POST", url + path, json=body) as r:
             if r.status_code != 200:
                 data = json.loads(r.read())
                 ans = Answer(r.status_code, data["error"]["param"], raw=data)
@@ -248,8 +336,14 @@ def ask(url: str, row: Row, model: str) -> Answer:
             _shape(ch, "", ans.shape)
             if ch.get("usage"):
                 ans.usage = {k: ch["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
+            if ch.get("prompt_token_ids") is not None:
+                ans.prompt["prompt_token_ids"] = ch["prompt_token_ids"]
             for c in ch["choices"]:
-                cur = ans.choices.setdefault(c["index"], {"text": "", "finish": None, "stop": None, "logprobs": None})
+                cur = ans.choices.setdefault(c["index"], {"text": "", "finish": None, "stop": None, "logprobs": None,
+                                                          "role": None, "token_ids": None})
+                cur["role"] = cur["role"] or c["delta"].get("role")
+                if c.get("token_ids") is not None:
+                    cur["token_ids"] = (cur["token_ids"] or []) + c["token_ids"]
                 cur["text"] += c["delta"].get("content") or ""
                 if c.get("finish_reason"):
                     cur["finish"], cur["stop"] = c["finish_reason"], c.get("stop_reason")
@@ -265,7 +359,7 @@ def _bodies(media_dir: Path, frames_url: str) -> list[Row]:
             out.append(row)
             continue
         url = f"file://{media_dir / 'shapes.mp4'}" if row.video == "mp4" else frames_url
-        out.append(Row(row.id, {**row.body, "messages": vmsg(url)}, row.compare, row.stock, row.ours_status))
+        out.append(replace(row, body={**row.body, "messages": vmsg(url)}))
     return out
 
 
@@ -318,20 +412,32 @@ def answers(demo_model, media_dir, gen_config, rows, tmp_path_factory) -> dict:
     logs = tmp_path_factory.mktemp("parity")
     proc, url = _start_stock(demo_model, media_dir, gen_config, logs / "stock.log")
     try:
-        stock = {r.id: ask(url, r, "demo") for r in rows if r.stock}
+        stock = {r.id: ask(url, r, "demo", r.path) for r in rows if r.stock}
+        stock_routes = _routes(url)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200, "stock vLLM died during the table"
     finally:
         _stop(proc)
     ours_server = start_server(demo_model, media_dir, logs / "ours.log", "--generation-config", str(gen_config))
     try:
-        ours = {r.id: ask(ours_server.url, r, "demo") for r in rows}
+        ours = {r.id: ask(ours_server.url, r, "demo", r.path) for r in rows}
+        ours_routes = _routes(ours_server.url)
         log = ours_server.log.read_text()
     finally:
         stop_server(ours_server)
     table = {r.id: {"stock": _brief(stock.get(r.id)), "ours": _brief(ours[r.id])} for r in rows}
     (logs / "parity.json").write_text(json.dumps(table, indent=1))
     print("\n" + "\n".join(f"{k:36s} stock={v['stock']} ours={v['ours']}" for k, v in table.items()))
-    return {"stock": stock, "ours": ours, "log": log}
+    return {"stock": stock, "ours": ours, "log": log, "routes": {"stock": stock_routes, "ours": ours_routes}}
+
+
+# Routes beyond chat completions, asked of both servers (test_other_routes_as_on_stock).
+INVOCATION = R("invocations", temperature=0)
+
+
+def _routes(url: str) -> dict:
+    return {"version": httpx.get(f"{url}/version", timeout=10).json(),
+            "ping": httpx.get(f"{url}/ping", timeout=10).status_code,
+            "invocations": ask(url, INVOCATION, "demo", "/invocations")}
 
 
 def _brief(a: Answer | None) -> str:
@@ -358,6 +464,18 @@ def _assert_logprobs_close(ours: list | None, stock: list | None, where: str) ->
         assert [t for t, _ in top_o] == [t for t, _ in top_s], f"{where} token {i} top tokens"
         for (_, a), (_, b) in zip(top_o, top_s):
             assert abs(a - b) <= LOGPROB_TOL, f"{where} token {i} top: {a} vs {b}"
+
+
+def _assert_prompt_logprobs_close(ours: list | None, stock: list | None, where: str) -> None:
+    assert (ours is None) == (stock is None), f"{where}: prompt_logprobs on one side only"
+    if ours is None:
+        return
+    assert len(ours) == len(stock) and (ours[0], stock[0]) == (None, None), where
+    for i, (o, s) in enumerate(zip(ours[1:], stock[1:]), start=1):
+        assert [(t, r, d) for t, _, r, d in o] == [(t, r, d) for t, _, r, d in s], f"{where} prompt position {i}"
+        for (_, a, _, _), (_, b, _, _) in zip(o, s):
+            LOGPROB_DIFFS.append(abs(a - b))
+            assert abs(a - b) <= LOGPROB_TOL, f"{where} prompt position {i}: {a} vs {b}"
 
 
 def _assert_same_shape(ours: dict, stock: dict, where: str) -> None:
@@ -397,8 +515,23 @@ def test_same_answer_as_stock_vllm(row: Row, answers: dict):
     assert sorted(ours.choices) == sorted(stock.choices)
     for i in ours.choices:
         o, s = ours.choices[i], stock.choices[i]
-        assert (o["text"], o["finish"], o["stop"]) == (s["text"], s["finish"], s["stop"]), f"choice {i}"
+        assert (o["finish"], o["stop"], o["role"], o["token_ids"]) == (s["finish"], s["stop"], s["role"],
+                                                                       s["token_ids"]), f"choice {i}"
+        if row.id not in TEXT_DIFFERENCES:
+            assert o["text"] == s["text"], f"choice {i}"
         _assert_logprobs_close(o["logprobs"], s["logprobs"], f"{row.id} choice {i}")
+    assert ours.prompt.get("prompt_token_ids") == stock.prompt.get("prompt_token_ids")
+    _assert_prompt_logprobs_close(ours.prompt.get("prompt_logprobs"), stock.prompt.get("prompt_logprobs"), row.id)
+
+
+def test_other_routes_as_on_stock(answers: dict):
+    """/version's `version` is vLLM's on both (ours adds `vreason`); SageMaker's /ping and
+    /invocations (a chat completion) answer alike."""
+    stock, ours = answers["routes"]["stock"], answers["routes"]["ours"]
+    assert ours["version"]["version"] == stock["version"]["version"] and "vreason" in ours["version"]
+    assert ours["ping"] == stock["ping"] == 200
+    o, s = ours["invocations"], stock["invocations"]
+    assert o.status == s.status == 200 and o.choices[0]["text"] == s.choices[0]["text"] and o.usage == s.usage
 
 
 def test_frame_cap_is_reported_in_the_response_and_the_log(answers: dict):

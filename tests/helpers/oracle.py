@@ -13,10 +13,11 @@ from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolv
 MAX_TOKENS = 32  # tokens generated in the oracle comparisons
 
 
-def oracle_inputs(demo_model: Path, media_dir: Path):
+def oracle_inputs(demo_model: Path, media_dir: Path, prefill: str | None = None):
     """(processor, fp32 eager model, processor inputs, file URL) for QUESTION about the long clip,
     sampled with the server's defaults. The clip samples to 8 temporal patches, where the M-RoPE
-    positions after the video follow the original Qwen2.5-VL rule (see the reference's notes)."""
+    positions after the video follow the original Qwen2.5-VL rule (see the reference's notes).
+    With `prefill`, the prompt ends with that assistant text, continued (continue_final_message)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     proc = AutoProcessor.from_pretrained(demo_model)
@@ -26,7 +27,11 @@ def oracle_inputs(demo_model: Path, media_dir: Path):
     video = decode_video(resolve_video_url(url, allowed_local_media_path=str(media_dir), limits=limits),
                          SamplingSpec(), limits)
     chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
-    text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    if prefill is None:
+        text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    else:
+        chat.append({"role": "assistant", "content": prefill})
+        text = proc.apply_chat_template(chat, continue_final_message=True, tokenize=False)
     meta = {k: v for k, v in video.metadata.items() if k != "do_sample_frames"}
     inputs = proc(text=[text], videos=[video.frames], return_tensors="pt",
                   videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]})
