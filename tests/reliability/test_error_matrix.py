@@ -85,14 +85,19 @@ ROWS = [
     Row("body_101MiB_content_length", oversized(BIG), 413, "body_too_large", headers={"content-length": str(BIG)}),
     Row("body_101MiB_chunked", oversized(BIG), 413, "body_too_large"),
     # -- fields and types (T3, T5, T7) --
-    Row("model_missing", req(model=...), 400, param="model"),
+    Row("model_missing_is_the_served_one", req(model=...), 200),  # as on vllm serve
     Row("model_wrong_type", req(model=5), 400, param="model"),
     Row("model_unknown", req(model="gpt-4o"), 404, "model_not_found", "model"),
     Row("messages_missing", req(messages=...), 400, param="messages"),
     Row("messages_string", req(messages="hi"), 400, param="messages"),
     Row("messages_empty", req(messages=[]), 400, param="messages"),
     Row("message_not_object", req(messages=["hi"]), 400, param="messages.0"),
-    Row("message_bad_role", req(messages=[{"role": "robot", "content": "hi"}]), 400, param="messages.0.role"),
+    Row("message_tool_role", req(messages=[{"role": "tool", "content": "hi"}]), 400, "tools_not_supported",
+        "messages.0.role"),
+    Row("message_empty_role", req(messages=[{"role": "", "content": "hi"}]), 400, param="messages.0.role"),
+    Row("message_reasoning_field", req(messages=[{"role": "assistant", "content": "a", "reasoning": "b"}, *HI]), 400,
+        param="messages.0.reasoning", says="put the thought in content"),
+    Row("beam_search_refused", req(use_beam_search=True), 400, "beam_search_not_supported", "use_beam_search"),
     Row("message_content_missing", req(messages=[{"role": "user"}]), 400, param="messages.0.content"),
     Row("message_content_int", req(messages=[{"role": "user", "content": 5}]), 400, param="messages.0.content"),
     # image_url parts are frames of a video (harness frame mode); "ABC" is no image
