@@ -60,7 +60,8 @@ def test_continued_thought_is_controlled_from_the_first_generated_token(client, 
     assert ids == tokens
     for t, (mine, ref) in enumerate(zip(steps, rows), start=1):
         assert mine["entropy"] == pytest.approx(ref["entropy"], abs=1e-3), t
-        assert (mine["alpha"], mine["updated"]) == (ref["alpha"], ref["updated"]) == (mine["alpha"], t % 2 == 0), t
+        assert mine["ema"] == pytest.approx(ref["ema"], abs=1e-3), t
+        assert mine["alpha"] == ref["alpha"] and mine["updated"] == ref["updated"] == (t % 2 == 0), t
     text = proc.tokenizer.decode(tokens, skip_special_tokens=True)
     msg = r.choices[0].message
     thought, _, answer = text.partition("</think>")
