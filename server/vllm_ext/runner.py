@@ -484,7 +484,9 @@ class VReasonRunnerMixin:
     def _vr_send(self, rows: list) -> None:
         now = time.monotonic()
         stats = None
-        if now - self._vr_stats_at >= STATS_EVERY_S:
+        # with every request end too: its counts (rows are counted when read, a step late) are
+        # then in the front end's copy by the time its response is done, not up to a second later
+        if self._vr_ends or now - self._vr_stats_at >= STATS_EVERY_S:
             self._vr_stats_at = now
             stats = self.vreason_stats()
             del stats["calls"]
