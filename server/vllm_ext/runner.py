@@ -83,12 +83,11 @@ class VReasonRunnerMixin:
         overlay = self.vreason.overlay
         if overlay is None or not self.vreason.active:
             return super()._model_forward(*args, **kwargs)
-        overlay.plan = self._vreason_plan()
+        overlay.post(self._vreason_plan())
         try:
             return super()._model_forward(*args, **kwargs)
         finally:
-            overlay.plan = None
-            self.vreason.forward_done()
+            self.vreason.forward_done(overlay.take())
 
     def _vreason_plan(self) -> OverlayPlan | None:
         """This step's plan for layer L, over the rows whose token vLLM keeps."""

@@ -3,7 +3,7 @@
 The runner (runner.py) owns one `VReasonRuntime` and calls it from vLLM's seams:
 - `start` (load_model): the controller slab, the tail weights and layer L's overlay;
 - `plan` (before the forward): the controlled rows of the batch and the overlay's plan;
-- `forward_done` (after the forward): what layer L's attention reported for the plan;
+- `forward_done` (after the forward): what layer L's attention produced for the plan;
 - `control` (before sampling): the controller step, logits written back in place;
 - `after_sampling`: the step's report queued, the trace rows that are ready sent;
 - `finish` (vLLM's bookkeeping): finished requests settled, their `RequestEnd`s sent.
@@ -34,7 +34,7 @@ from vreason.server.controller import (ControllerSlab, ControllerState, TailWeig
 from vreason.server.controller.step import StepReport, rows_index, take, to_device
 from vreason.server.wire import EXTRA_ARGS_KEY, FAILED, NO_SLOT, STATS_EVERY_S, RequestEnd, StepRow, WorkerStats
 
-from .overlay import LayerOverlay, OverlayPlan
+from .overlay import LayerOverlay, OverlayPlan, OverlayResult
 from .paged_cache import run_positions, token_runs
 from .request import ControlledRequest
 
@@ -64,6 +64,7 @@ class VReasonRuntime:
         self.uncontrolled: set[str] = set()
         self.rows: list[tuple[int, ControlledRequest]] = []  # this step's controlled (batch row, request)
         self.plan: OverlayPlan | None = None  # this step's plan for layer L (None: no controlled rows)
+        self.result: OverlayResult | None = None  # what layer L's attention produced for it
         self.reports: list[tuple[StepReport, set[int]]] = []  # step order; rows not yet sent
         self.last_report: StepReport | None = None  # the latest forward's (None: no controlled rows)
         self.ends: list[RequestEnd] = []
@@ -223,18 +224,21 @@ class VReasonRuntime:
             return None
         return OverlayPlan.for_rows(attend, loads, self.device, self.check)
 
-    def forward_done(self) -> None:
-        """After the forward: fail the requests whose part of the plan layer L could not run."""
+    def forward_done(self, result: OverlayResult | None) -> None:
+        """After the forward, with what layer L's attention produced for the plan (None: it did
+        not run it): fail the requests whose part of the plan could not run."""
+        self.result = result
         plan = self.plan
         if plan is None:
             return
-        if not plan.called:
+        if result is None:
             self.fail_rows(RuntimeError("vLLM did not call layer L's attention impl in the forward"))
-        elif plan.error is not None:
-            self.fail_rows(plan.error)
-        for j, e in plan.failed.items():
+            return
+        if result.error is not None:
+            self.fail_rows(result.error)
+        for j, e in result.failed.items():
             self.fail(plan.attend_states[j].req_id, e)
-        for s, e in plan.load_failed:
+        for s, e in result.load_failed:
             self.fail(s.req_id, e)
 
     def control(self, logits: torch.Tensor | None, aux_hidden_states: list | None) -> StepReport | None:
@@ -259,7 +263,7 @@ class VReasonRuntime:
         """Updates read what the forward left. Host syncs: none without an update, one with
         (step.py); rows are picked by `rows_index` (a device tensor indexed by a Python list
         would copy the list to the device blocking)."""
-        plan = self.plan
+        plan, result = self.plan, self.result
         rows = [r.controller for _, r in self.rows]
         batch_rows = [i for i, _ in self.rows]
         # a view of vLLM's fp32 logits when the rows are consecutive: the write-back below is then a no-op
@@ -271,14 +275,14 @@ class VReasonRuntime:
                 raise RuntimeError("vLLM returned no auxiliary hidden states")
             self.calls["aux_hidden_states"] += 1
             where = {id(s): j for j, s in enumerate(plan.attend_states)}
-            j = rows_index([where[id(rows[k])] for k in updating], plan.o.device)
-            residual = aux_hidden_states[0][plan.last[j]].float()
-            upd = UpdateInputs(updating, plan.o[j], plan.a[j], residual)
+            j = rows_index([where[id(rows[k])] for k in updating], result.o.device)
+            residual = aux_hidden_states[0][result.last[j]].float()
+            upd = UpdateInputs(updating, result.o[j], result.a[j], residual)
             if self.check:
                 self._check_tail(rows, updating, upd, logits)
-        if plan is not None and plan.checked:
-            self.max_overlay_error = max(self.max_overlay_error, plan.max_error)
-            self.totals["overlay_checks"] += plan.checked
+        if result is not None and result.checked:
+            self.max_overlay_error = max(self.max_overlay_error, result.max_error)
+            self.totals["overlay_checks"] += result.checked
         report = controller_step(rows, logits, upd, self.tail, [r for r, _ in self.reports])
         for i, e in report.failed.items():
             self.fail(rows[i].req_id, e)

@@ -39,6 +39,7 @@ pytest.importorskip("vllm")
 from vreason.kernels import controller_update, entropy_grad  # noqa: E402
 from vreason.server.controller import ControllerSlab, TailWeights, VReasonParams, entropy  # noqa: E402
 from vreason.server.controller import step as step_module  # noqa: E402
+from vreason.server.vllm_ext.overlay import OverlayResult  # noqa: E402
 from vreason.server.vllm_ext.runner import VReasonRunnerMixin  # noqa: E402
 from vreason.server.wire import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY  # noqa: E402
 
@@ -202,23 +203,23 @@ def make_runner(device: str, prompts, params, dtype=torch.float32, slots=4, posi
 
 
 def forward(runner: Runner, seed: int):
-    """What vLLM's forward and layer L's overlay leave for the runner (not under test): the plan
-    filled in, the logits and the aux residual. Returns the step's logits."""
+    """What vLLM's forward and layer L's overlay leave for the runner (not under test): the
+    plan's result, the logits and the aux residual. Returns the result and the step's logits."""
     plan = runner.vreason.plan
     dev = runner.device
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g).to(dev)  # noqa: E731
+    result = None
     if plan is not None:
-        plan.called = True
         for s, _, positions in plan.loads:
             s.load(rnd(HKV, positions.shape[0], D))
         k = plan.rows.shape[0]
-        plan.last = plan.rows  # decode: one query token per row, in batch order
-        plan.o, plan.a = rnd(k, HQ * D), torch.softmax(rnd(k, HQ, plan.p_max), -1)
+        # decode: one query token per row, in batch order
+        result = OverlayResult(last=plan.rows, o=rnd(k, HQ * D), a=torch.softmax(rnd(k, HQ, plan.p_max), -1))
     n = runner.input_batch.num_reqs
     logits = rnd(n, VOCAB)
     runner.execute_model_state = SimpleNamespace(logits=logits.clone(), aux_hidden_states=[rnd(n, HID)])
-    return logits
+    return result, logits
 
 
 def step(runner: Runner, seed: int, recorder: HostSyncs | None = None) -> tuple[list[str], torch.Tensor]:
@@ -231,14 +232,14 @@ def step(runner: Runner, seed: int, recorder: HostSyncs | None = None) -> tuple[
         syncs += recorder.take()
     else:
         runner._vreason_plan()
-    logits = forward(runner, seed)
+    result, logits = forward(runner, seed)
     if recorder is not None:
         with recorder:
-            runner.vreason.forward_done()
+            runner.vreason.forward_done(result)
             runner.sample_tokens(None)
         syncs += recorder.take()
     else:
-        runner.vreason.forward_done()
+        runner.vreason.forward_done(result)
         runner.sample_tokens(None)
     runner.execute_model_state = None
     return syncs, logits
