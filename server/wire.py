@@ -2,26 +2,26 @@
 (server/vllm_ext): the keys and environment names that wire them together, and the typed records
 of the V-Reason channel. No torch, no vLLM: both sides import this module, neither imports the other.
 
-The channel is one way, worker -> front end, over a ZeroMQ PUSH/PULL pair:
-- `StepRow`: one generated step of a request that asked for a trace;
+The channel is one way, worker -> front end, over a ZeroMQ PUSH/PULL pair whose address the
+front end puts in additional_config (`TRACE_ADDR_KEY`):
+- `TraceRow`: one generated step (`StepRow`) of a request that asked for a trace, with the
+  request's tag and choice;
 - `RequestEnd`: once per controlled request (traced or not), when the worker drops its
   controller: it finished, was aborted, or failed. It carries the worker's own counters and how
-  many rows it sent, so the front end knows when it has every row and never waits on a timer;
-- `WorkerStats`: the worker's V-Reason stats, sent at most every `STATS_EVERY_S` seconds (and
-  pulled on demand by /vreason/stats), never attached to a step.
+  many rows it sent, so the front end knows when it has every row and never waits on a timer.
+`WorkerStats`, the worker's V-Reason state, is not on the channel: the front end pulls it with
+vLLM's collective_rpc (start-up, /vreason/stats, /metrics).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 """The Hugging Face architecture V-Reason serves (the plugin registers its subclass for it)."""
 
 # Environment names, read where each process starts.
-TRACE_ADDR_ENV = "VREASON_TRACE_ADDR"
-"""ZeroMQ address where workers push channel messages (set by the front end before vLLM starts)."""
 CHECK_ENV = "VREASON_CHECK_OVERLAY"
 """Set to 1 to compare the overlay and the tail with vLLM's own outputs while dV == 0 (tests)."""
 
@@ -42,8 +42,9 @@ TRANSPOSED_KEY = "vreason_transposed_tail"
 """Keep transposed copies of the tail's weights for the input gradient where that pays (CPU, bf16/fp16)."""
 DISABLED_KEY = "vreason_disabled"
 """Reasons found before the engine started why V-Reason cannot run (a list; empty or absent: none)."""
-
-STATS_EVERY_S = 1.0
+TRACE_ADDR_KEY = "vreason_trace_addr"
+"""ZeroMQ address where workers push channel messages (bound by the front end before vLLM starts;
+absent: nothing is sent)."""
 
 # Error codes of a failed controlled request (RequestEnd.code).
 FAILED = "vreason_failed"
@@ -66,6 +67,15 @@ class StepRow:
 
 
 @dataclass(frozen=True)
+class TraceRow:
+    """One step row of a traced request, with the request's identity."""
+
+    tag: str  # the front end's request id
+    choice: int
+    row: StepRow
+
+
+@dataclass(frozen=True)
 class RequestEnd:
     """The worker's last word on one controlled engine request."""
 
@@ -83,20 +93,50 @@ class RequestEnd:
 
 @dataclass(frozen=True)
 class WorkerStats:
-    stats: dict
+    """One worker's V-Reason state (/vreason/stats shows every field but `step_seconds`)."""
+
+    available: bool = False
+    unavailable: list[str] = field(default_factory=list)  # why V-Reason cannot run here
+    kv_layout: dict | None = None  # what the start-up layout probe proved
+    active_slots: int = 0
+    controller_bytes: int = 0  # slab bytes the active controllers use
+    slab_bytes: int = 0
+    slab_slots: int = 0
+    slab_free_slots: int = 0
+    slab_max_positions: int = 0
+    update_transient_bytes_max: int = 0  # an update step's transients with every slot updating
+    tail_transposed_bytes: int = 0
+    totals: dict[str, int] = field(default_factory=dict)  # created, freed, failed, updates, ...
+    max_overlay_error: float = 0.0  # the self-checks (`checks`: on)
+    max_tail_error: float = 0.0
+    checks: bool = False
+    compilation: str = ""  # how vLLM runs the model
+    calls: dict[str, int] = field(default_factory=dict)  # vLLM seams and phases run
+    step_seconds: list[float] = field(default_factory=list)  # V-Reason time per step since the last drain
+
+    def to_dict(self) -> dict:
+        """As it crosses collective_rpc (plain types)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WorkerStats:
+        return cls(**data)
+
+    def shown(self) -> dict:
+        """The fields /vreason/stats shows."""
+        out = self.to_dict()
+        del out["step_seconds"]
+        return out
 
 
-def encode(rows: list[tuple[str, int, StepRow]], ends: list[RequestEnd], stats: WorkerStats | None) -> bytes:
-    msg: dict = {"rows": [[tag, choice, asdict(r)] for tag, choice, r in rows],
-                 "ends": [asdict(e) for e in ends]}
-    if stats is not None:
-        msg["stats"] = stats.stats
-    return json.dumps(msg).encode()
+def encode(rows: list[TraceRow], ends: list[RequestEnd]) -> bytes:
+    """One channel message."""
+    return json.dumps({"rows": [[r.tag, r.choice, asdict(r.row)] for r in rows],
+                       "ends": [asdict(e) for e in ends]}).encode()
 
 
-def decode(raw: bytes) -> tuple[list[tuple[str, int, StepRow]], list[RequestEnd], WorkerStats | None]:
+def decode(raw: bytes) -> tuple[list[TraceRow], list[RequestEnd]]:
     msg = json.loads(raw)
-    rows = [(tag, int(choice), StepRow(**r)) for tag, choice, r in msg.get("rows", [])]
+    rows = [TraceRow(tag, int(choice), StepRow(**r)) for tag, choice, r in msg.get("rows", [])]
     ends = [RequestEnd(**e) for e in msg.get("ends", [])]
-    stats = WorkerStats(msg["stats"]) if "stats" in msg else None
-    return rows, ends, stats
+    return rows, ends

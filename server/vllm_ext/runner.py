@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from vreason.server.wire import CHECK_ENV, DISABLED_KEY
+from vreason.server.wire import CHECK_ENV, DISABLED_KEY, TRACE_ADDR_KEY, WorkerStats
 
 from .overlay import OverlayPlan
 from .runtime import VReasonRuntime
@@ -40,12 +40,13 @@ class VReasonRunnerMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.vreason = VReasonRuntime(self.device, check=os.environ.get(CHECK_ENV) == "1", pusher=TracePusher(),
+        self.vreason = VReasonRuntime(self.device, check=os.environ.get(CHECK_ENV) == "1",
                                       compilation=lambda: compilation_summary(self.vllm_config))
 
     def load_model(self, *args, **kwargs):
         self.vreason.calls["load_model"] += 1
         extra = self.vllm_config.additional_config or {}
+        self.vreason.pusher = TracePusher(extra.get(TRACE_ADDR_KEY))
         disabled = tuple(extra.get(DISABLED_KEY, ()))
         if not disabled:
             self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks it)
@@ -106,6 +107,6 @@ class VReasonRunnerMixin:
         self.vreason.after_sampling(report, time.perf_counter() - t0)
         return out
 
-    def vreason_stats(self) -> dict:
-        """Worker-side V-Reason state (collective_rpc target via the worker)."""
-        return self.vreason.stats()
+    def vreason_stats(self, drain_step_seconds: bool = False) -> WorkerStats:
+        """Worker-side V-Reason state (the worker's collective_rpc target sends it as a dict)."""
+        return self.vreason.stats(drain_step_seconds)

@@ -6,7 +6,8 @@ The runner (runner.py) owns one `VReasonRuntime` and calls it from vLLM's seams:
 - `forward_done` (after the forward): what layer L's attention produced for the plan;
 - `control` (before sampling): the controller step, logits written back in place;
 - `after_sampling`: the step's report queued, the trace rows that are ready sent;
-- `finish` (vLLM's bookkeeping): finished requests settled, their `RequestEnd`s sent.
+- `finish` (vLLM's bookkeeping): finished requests settled, their `RequestEnd`s sent;
+- `stats`: the worker's `WorkerStats` (pulled by the front end over collective_rpc).
 
 Each request that asked for V-Reason is one `ControlledRequest` (request.py) in `requests`,
 from the step that first sees it until it finishes or fails; `uncontrolled` remembers the ones
@@ -23,7 +24,6 @@ that step; plain requests are never touched.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
@@ -32,11 +32,12 @@ import torch
 from vreason.server.controller import (ControllerSlab, ControllerState, TailWeights, UpdateInputs, VReasonParams,
                                        controller_step, tail_logits)
 from vreason.server.controller.step import StepReport, rows_index, take, to_device
-from vreason.server.wire import EXTRA_ARGS_KEY, FAILED, NO_SLOT, STATS_EVERY_S, RequestEnd, StepRow, WorkerStats
+from vreason.server.wire import EXTRA_ARGS_KEY, FAILED, NO_SLOT, RequestEnd, TraceRow, WorkerStats
 
 from .overlay import LayerOverlay, OverlayPlan, OverlayResult
 from .paged_cache import run_positions, token_runs
 from .request import ControlledRequest
+from .trace_channel import TracePusher
 
 logger = logging.getLogger("vllm.vreason")  # under vLLM's logger, so the worker's log shows it
 
@@ -45,12 +46,14 @@ class VReasonRuntime:
     """The controlled requests of one worker and the per-step work on them.
 
     device: the worker's device; check: compare the overlay and the tail with vLLM's outputs
-    while dV == 0 (debug/test flag); pusher: the channel's sending end (`send(rows, ends,
-    stats)`); compilation: describes how vLLM runs the model (read when stats are made).
+    while dV == 0 (debug/test flag); compilation: describes how vLLM runs the model (read when
+    stats are made). `pusher`, the channel's sending end (`send(rows, ends)`), sends nothing
+    until the runner gives it the front end's address.
     """
 
-    def __init__(self, device: torch.device, *, check: bool, pusher, compilation: Callable[[], str]):
-        self.device, self.check, self.pusher, self.compilation = device, check, pusher, compilation
+    def __init__(self, device: torch.device, *, check: bool, compilation: Callable[[], str]):
+        self.device, self.check, self.compilation = device, check, compilation
+        self.pusher = TracePusher()
         self.calls: Counter[str] = Counter()  # seams and phases run (tests check they keep firing)
         self.totals: Counter[str] = Counter()
         self.unavailable: tuple[str, ...] = ()
@@ -68,8 +71,7 @@ class VReasonRuntime:
         self.reports: list[tuple[StepReport, set[int]]] = []  # step order; rows not yet sent
         self.last_report: StepReport | None = None  # the latest forward's (None: no controlled rows)
         self.ends: list[RequestEnd] = []
-        self.step_seconds: list[float] = []
-        self.stats_at = 0.0
+        self.step_seconds: list[float] = []  # drained by the front end's metrics
         self.max_overlay_error = 0.0
         self.max_tail_error = 0.0
 
@@ -306,7 +308,7 @@ class VReasonRuntime:
         if report is None:
             return
         self.reports.append((report, set(range(len(report.rows)))))
-        if len(self.step_seconds) < 10_000:
+        if len(self.step_seconds) < 100_000:
             self.step_seconds.append(seconds)
         self.flush()
 
@@ -322,7 +324,7 @@ class VReasonRuntime:
         if ending is not None:
             last = max((k for k, (r, left) in enumerate(self.reports)
                         if any(r.rows[i] is ending.controller and i not in r.dropped for i in left)), default=-1)
-        rows: list[tuple[str, int, StepRow]] = []
+        rows: list[TraceRow] = []
         queue, self.reports = self.reports, []
         for k, (report, left) in enumerate(queue):
             if k > last and not report.ready():
@@ -345,7 +347,7 @@ class VReasonRuntime:
                 self.totals["updates"] += int(row.updated)
                 self.totals["skipped_updates"] += int(row.skipped)
                 if s.params.trace:
-                    rows.append((rec.tag, rec.choice, row))
+                    rows.append(TraceRow(rec.tag, rec.choice, row))
                     rec.rows_sent += 1
             if left:
                 self.reports.append((report, left))
@@ -372,41 +374,33 @@ class VReasonRuntime:
         except Exception:  # noqa: BLE001 - its end still goes out (with the rows sent so far)
             logger.exception("V-Reason: could not settle the trace of request %s", rec.req_id)
 
-    def _send(self, rows: list[tuple[str, int, StepRow]]) -> None:
-        now = time.monotonic()
-        stats = None
-        if now - self.stats_at >= STATS_EVERY_S:
-            self.stats_at = now
-            stats = self.stats()
-            del stats["calls"]
-            stats["step_seconds"], self.step_seconds = self.step_seconds, []
-            stats = WorkerStats(stats)
+    def _send(self, rows: list[TraceRow]) -> None:
         ends, self.ends = self.ends, []
-        if rows or ends or stats is not None:
+        if rows or ends:
             try:
-                self.pusher.send(rows, ends, stats)
+                self.pusher.send(rows, ends)
             except Exception:  # noqa: BLE001 - the channel must never stop the engine
                 logger.exception("V-Reason: could not send on the trace channel")
 
     # -- stats ---------------------------------------------------------------------------------
 
-    def stats(self) -> dict:
-        """The worker's V-Reason state for /vreason/stats and the metrics."""
+    def stats(self, drain_step_seconds: bool = False) -> WorkerStats:
+        """The worker's V-Reason state; with `drain_step_seconds` (the metrics' scrape) the step
+        durations gathered since the last drain, which are then dropped."""
         slab, overlay = self.slab, self.overlay
         controllers = [r.controller for r in self.requests.values() if r.controller is not None]
-        return {"available": not self.unavailable, "unavailable": list(self.unavailable),
-                "kv_layout": self.layout,
-                "active_slots": len(controllers),
-                "controller_bytes": sum(s.nbytes() for s in controllers),
-                "slab_bytes": slab.nbytes() if slab is not None else 0,
-                "slab_slots": slab.slots if slab is not None else 0,
-                "slab_free_slots": slab.free_slots() if slab is not None else 0,
-                "slab_max_positions": slab.max_positions if slab is not None else 0,
-                "update_transient_bytes_max": self.transient_bytes if slab is not None else 0,
-                "tail_transposed_bytes": self.tail.transposed_bytes() if self.tail is not None else 0,
-                "totals": dict(self.totals),
-                "max_overlay_error": self.max_overlay_error,
-                "max_tail_error": self.max_tail_error,
-                "checks": self.check,
-                "compilation": self.compilation(),
-                "calls": {**self.calls, **(overlay.calls if overlay is not None else {})}}
+        steps = []
+        if drain_step_seconds:
+            steps, self.step_seconds = self.step_seconds, []
+        return WorkerStats(
+            available=not self.unavailable, unavailable=list(self.unavailable), kv_layout=self.layout,
+            active_slots=len(controllers), controller_bytes=sum(s.nbytes() for s in controllers),
+            slab_bytes=slab.nbytes() if slab is not None else 0,
+            slab_slots=slab.slots if slab is not None else 0,
+            slab_free_slots=slab.free_slots() if slab is not None else 0,
+            slab_max_positions=slab.max_positions if slab is not None else 0,
+            update_transient_bytes_max=self.transient_bytes if slab is not None else 0,
+            tail_transposed_bytes=self.tail.transposed_bytes() if self.tail is not None else 0,
+            totals=dict(self.totals), max_overlay_error=self.max_overlay_error, max_tail_error=self.max_tail_error,
+            checks=self.check, compilation=self.compilation(),
+            calls={**self.calls, **(overlay.calls if overlay is not None else {})}, step_seconds=steps)

@@ -41,6 +41,6 @@ class VReasonCPUWorker(CPUWorker):
             raise RuntimeError("V-Reason supports vLLM's V1 model runner only (set VLLM_USE_V2_MODEL_RUNNER=0)")
         self.model_runner = VReasonCPUModelRunner(self.vllm_config, torch.device("cpu"))
 
-    def vreason_stats(self) -> dict:
-        """collective_rpc target: slots in use, controller bytes, totals and seam call counts."""
-        return self.model_runner.vreason_stats()
+    def vreason_stats(self, drain_step_seconds: bool = False) -> dict:
+        """collective_rpc target: the runner's `WorkerStats`, as plain types (`WorkerStats.from_dict`)."""
+        return self.model_runner.vreason_stats(drain_step_seconds).to_dict()

@@ -30,5 +30,6 @@ class VReasonGPUWorker(Worker):
             cc.cudagraph_mode = CUDAGraphMode.PIECEWISE
         return VReasonGPUModelRunner(self.vllm_config, self.device)
 
-    def vreason_stats(self) -> dict:
-        return self.model_runner.vreason_stats()
+    def vreason_stats(self, drain_step_seconds: bool = False) -> dict:
+        """collective_rpc target: the runner's `WorkerStats`, as plain types (`WorkerStats.from_dict`)."""
+        return self.model_runner.vreason_stats(drain_step_seconds).to_dict()

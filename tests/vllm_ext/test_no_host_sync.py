@@ -23,7 +23,6 @@ kernels (asynchronous launches on a device) cannot run on fake tensors: their to
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from types import SimpleNamespace
 
@@ -183,15 +182,14 @@ class Channel:
     def __init__(self):
         self.rows, self.ends = [], []
 
-    def send(self, rows, ends, stats) -> None:
-        self.rows += rows
+    def send(self, rows, ends) -> None:
+        self.rows += [(r.tag, r.choice, r.row) for r in rows]
         self.ends += ends
 
 
 def make_runner(device: str, prompts, params, dtype=torch.float32, slots=4, positions=16) -> Runner:
     runner = Runner(device, prompts, params)
     runner.vreason.pusher = runner.channel = Channel()
-    runner.vreason.stats_at = math.inf  # no stats records (they read vLLM's config)
     slab = ControllerSlab(slots, positions, HKV, D, torch.bfloat16, runner.device)
     g = torch.Generator().manual_seed(0)
     r = lambda *s, std=0.3: (torch.randn(*s, generator=g) * std).to(runner.device, dtype)  # noqa: E731

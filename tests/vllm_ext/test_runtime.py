@@ -3,7 +3,6 @@ extra_args to its RequestEnd, and failures contained to the request they belong 
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import torch
@@ -20,7 +19,7 @@ class Channel:
     def __init__(self):
         self.rows, self.ends = [], []
 
-    def send(self, rows, ends, stats) -> None:
+    def send(self, rows, ends) -> None:
         self.rows += rows
         self.ends += ends
 
@@ -31,8 +30,8 @@ def request(prompt, vreason=None, choice=0):
 
 
 def runtime(slots=2, positions=8) -> VReasonRuntime:
-    rt = VReasonRuntime(torch.device("cpu"), check=False, pusher=Channel(), compilation=lambda: "eager")
-    rt.stats_at = math.inf
+    rt = VReasonRuntime(torch.device("cpu"), check=False, compilation=lambda: "eager")
+    rt.pusher = Channel()
     g = torch.Generator().manual_seed(0)
     r = lambda *s, std=0.3: torch.randn(*s, generator=g) * std  # noqa: E731
     tail = TailWeights(o_proj=r(HID, HQ * D), post_norm=1 + r(HID, std=0.1), gate_up=r(2 * INTER, HID),
@@ -59,7 +58,7 @@ def test_one_record_from_extra_args_to_its_end():
     rec = rt.requests["a"]
     assert (rec.tag, rec.choice, rec.params) == ("tag", 1, VReasonParams(trace=True))
     assert rec.controller.runs == [(1, 2)] and plan.loads[0][0] is rec.controller
-    assert rt.stats()["active_slots"] == 1
+    assert rt.stats().active_slots == 1
     rt.finish(["a"])
     (end,) = rt.pusher.ends
     assert (end.tag, end.choice, end.code, end.positions) == ("tag", 1, None, 2)
