@@ -234,7 +234,7 @@ def serve(args) -> int:
         speculative_config=speculative, attention_backend=args.attention_backend,
         vreason_required=args.vreason == "on",
         vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens,
-        vreason_transposed_tail=args.vreason_transposed_tail == "on")
+        vreason_transposed_tail=args.vreason_transposed_tail == "on", test_knobs=settings.test_knobs)
     if settings.test_knobs:
         logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)

@@ -42,6 +42,8 @@ TRANSPOSED_KEY = "vreason_transposed_tail"
 """Keep transposed copies of the tail's weights for the input gradient where that pays (CPU, bf16/fp16)."""
 DISABLED_KEY = "vreason_disabled"
 """Reasons found before the engine started why V-Reason cannot run (a list; empty or absent: none)."""
+TEST_KNOBS_KEY = "vreason_test_knobs"
+"""True on a server started with --enable-test-knobs: requests' options may carry the test-only knobs."""
 TRACE_ADDR_KEY = "vreason_trace_addr"
 """ZeroMQ address where workers push channel messages (bound by the front end before vLLM starts;
 absent: nothing is sent)."""

@@ -38,8 +38,7 @@ class ControlledRequest:
     @classmethod
     def from_extra_args(cls, req_id: str, extra: dict) -> ControlledRequest | None:
         """The record for a request's extra_args (None: it did not ask for V-Reason). Its options
-        are the defaults here; `VReasonParams.from_dict(extra[EXTRA_ARGS_KEY])` gives the real
-        ones (the caller contains the error of an unreadable set, ending the request by its tag)."""
+        are the defaults here; `from_dict(extra[EXTRA_ARGS_KEY])` gives the real ones (the caller contains the error of an unreadable set, ending the request by its tag)."""
         if extra.get(EXTRA_ARGS_KEY) is None:
             return None
         return cls(req_id, str(extra.get(REQUEST_TAG_KEY, req_id)), int(extra.get(CHOICE_KEY, 0)), VReasonParams())

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from vreason.server.wire import CHECK_ENV, DISABLED_KEY, TRACE_ADDR_KEY, WorkerStats
+from vreason.server.wire import CHECK_ENV, DISABLED_KEY, TEST_KNOBS_KEY, TRACE_ADDR_KEY, WorkerStats
 
 from .overlay import OverlayPlan
 from .runtime import VReasonRuntime
@@ -47,6 +47,8 @@ class VReasonRunnerMixin:
         self.vreason.calls["load_model"] += 1
         extra = self.vllm_config.additional_config or {}
         self.vreason.pusher = TracePusher(extra.get(TRACE_ADDR_KEY))
+        if extra.get(TEST_KNOBS_KEY):
+            self.vreason.enable_test_knobs()
         disabled = tuple(extra.get(DISABLED_KEY, ()))
         if not disabled:
             self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks it)

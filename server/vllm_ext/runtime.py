@@ -62,6 +62,8 @@ class VReasonRuntime:
         self.slab: ControllerSlab | None = None
         self.tail: TailWeights | None = None
         self.token_ids: dict[str, int] = {}  # "video", "image": the prompt's visual pad tokens
+        self.params_type: type[VReasonParams] = VReasonParams  # how requests' options are read
+        self.hooks = None  # the test-only knobs' (`enable_test_knobs`)
         self.transient_bytes = 0  # update transients with every slot updating
         self.requests: dict[str, ControlledRequest] = {}
         self.uncontrolled: set[str] = set()
@@ -88,6 +90,12 @@ class VReasonRuntime:
         if self.overlay is not None:
             self.overlay.slab = slab
 
+    def enable_test_knobs(self) -> None:
+        """Read requests' options with the test-only knobs and act on them (--enable-test-knobs)."""
+        from vreason.server.controller.knobs import TEST_HOOKS, KnobbedParams
+
+        self.params_type, self.hooks = KnobbedParams, TEST_HOOKS
+
     def disable(self, reasons: tuple[str, ...]) -> None:
         """V-Reason cannot run on this deployment: plain requests are served as usual."""
         self.unavailable = reasons
@@ -108,7 +116,7 @@ class VReasonRuntime:
         if rec is None:
             return None
         try:
-            params = VReasonParams.from_dict(extra[EXTRA_ARGS_KEY])
+            params = self.params_type.from_dict(extra[EXTRA_ARGS_KEY])
         except Exception as e:  # noqa: BLE001 - unreadable options: end it by its tag
             self.requests[req_id] = rec
             self.uncontrolled.discard(req_id)
@@ -285,7 +293,7 @@ class VReasonRuntime:
         if result is not None and result.checked:
             self.max_overlay_error = max(self.max_overlay_error, result.max_error)
             self.totals["overlay_checks"] += result.checked
-        report = controller_step(rows, logits, upd, self.tail, [r for r, _ in self.reports])
+        report = controller_step(rows, logits, upd, self.tail, [r for r, _ in self.reports], self.hooks)
         for i, e in report.failed.items():
             self.fail(rows[i].req_id, e)
         if report.after:

@@ -76,3 +76,14 @@ def test_unreadable_options_and_no_slot_end_that_request_alone():
     assert rt.uncontrolled == {"bad", "big"}
     rt.fail("ok", RuntimeError("boom"))
     assert rt.rows == [] and rt.slab.free_slots() == 1 and rt.ends[-1].error == "RuntimeError: boom"
+
+
+def test_test_knobs_are_read_only_with_the_test_flag():
+    rt = runtime()
+    rt.plan_step([(0, "k")], {"k": request([VIDEO], {"force_alpha": 1})})
+    (end,) = rt.ends
+    assert end.code == FAILED and "unknown vreason option" in end.error and rt.hooks is None
+    rt = runtime()
+    rt.enable_test_knobs()
+    rt.plan_step([(0, "k")], {"k": request([VIDEO], {"force_alpha": 1})})
+    assert rt.ends == [] and rt.requests["k"].params.force_alpha == 1 and rt.hooks is not None
