@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow
 
 from .objective import SwitchState
 from .params import VReasonParams

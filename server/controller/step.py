@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from vreason.kernels import controller_update, entropy_grad
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow
 
 from .objective import SwitchState, entropy
 from .state import ControllerState

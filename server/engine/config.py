@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from vreason.server.video import DEFAULT_FPS, FetchPolicy, VideoLimits
-from vreason.server.wire import POSITIONS_KEY, SLOTS_KEY, TEST_KNOBS_KEY, TRANSPOSED_KEY
+from vreason.server.keys import POSITIONS_KEY, SLOTS_KEY, TEST_KNOBS_KEY, TRANSPOSED_KEY
 
 from .types import MAX_LOGPROBS
 

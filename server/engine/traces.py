@@ -1,6 +1,6 @@
 """Front-end side of the V-Reason channel: a ZeroMQ PULL socket fed by vLLM's workers.
 
-Workers push typed records (server/wire.py): a `TraceRow` per step of a traced request and one
+Workers push typed records (server/messages.py): a `TraceRow` per step of a traced request and one
 `RequestEnd` per controlled engine request. Each record carries our request id (tag) and the
 choice index explicitly; the socket's address reaches the workers in vLLM's additional_config.
 The workers' stats are pulled over collective_rpc, not sent here. A controlled request is registered here while it
@@ -19,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from vreason.server.wire import RequestEnd, StepRow, decode
+from vreason.server.messages import RequestEnd, StepRow, decode
 
 from .types import TraceSummary
 

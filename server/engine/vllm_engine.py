@@ -14,7 +14,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, fields, replace
 
-from vreason.server.wire import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY, TRACE_ADDR_KEY, WorkerStats
+from vreason.server.keys import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY, TRACE_ADDR_KEY
+from vreason.server.messages import WorkerStats
 from vreason.server.video import SamplingSpec, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 

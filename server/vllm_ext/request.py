@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vreason.server.controller import ControllerState, VReasonParams
-from vreason.server.wire import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY, RequestEnd
+from vreason.server.keys import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY
+from vreason.server.messages import RequestEnd
 
 
 @dataclass(eq=False)

@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from vreason.server.wire import CHECK_ENV, DISABLED_KEY, TEST_KNOBS_KEY, TRACE_ADDR_KEY, WorkerStats
+from vreason.server.keys import CHECK_ENV, DISABLED_KEY, TEST_KNOBS_KEY, TRACE_ADDR_KEY
+from vreason.server.messages import WorkerStats
 
 from .overlay import OverlayPlan
 from .runtime import VReasonRuntime

@@ -32,7 +32,8 @@ import torch
 from vreason.server.controller import (ControllerSlab, ControllerState, TailWeights, UpdateInputs, VReasonParams,
                                        controller_step, tail_logits)
 from vreason.server.controller.step import StepReport, rows_index, take, to_device
-from vreason.server.wire import EXTRA_ARGS_KEY, FAILED, NO_SLOT, RequestEnd, TraceRow, WorkerStats
+from vreason.server.keys import EXTRA_ARGS_KEY
+from vreason.server.messages import FAILED, NO_SLOT, RequestEnd, TraceRow, WorkerStats
 
 from .overlay import LayerOverlay, OverlayPlan, OverlayResult
 from .paged_cache import run_positions, token_runs

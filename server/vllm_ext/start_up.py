@@ -1,7 +1,7 @@
 """V-Reason's start-up in the worker, read off vLLM's model runner.
 
 - `start_controller` (load_model): the reasons the loaded model cannot be controlled, or the
-  controller slab sized by the deployment's flags (additional_config, see server/wire.py) and
+  controller slab sized by the deployment's flags (additional_config, see server/keys.py) and
   the tail weights, handed to the runtime;
 - `check_hardware` (initialize_kv_cache, once vLLM has allocated the caches and built the
   backends, which fixes the CPU ISA and the kernel block size): the layout of layer L's cache
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from vreason.server.controller import ControllerSlab, serving_tail
-from vreason.server.wire import POSITIONS_KEY, SLOTS_KEY, TRANSPOSED_KEY
+from vreason.server.keys import POSITIONS_KEY, SLOTS_KEY, TRANSPOSED_KEY
 
 from .layout_probe import decode_metadata, probe_layout
 from .runtime import VReasonRuntime

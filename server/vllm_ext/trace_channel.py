@@ -1,4 +1,4 @@
-"""Worker side of the V-Reason channel: push typed records (server/wire.py) to the front end.
+"""Worker side of the V-Reason channel: push typed records (server/messages.py) to the front end.
 
 The front end binds a ZeroMQ PULL socket before the engine starts and puts its address in
 vLLM's additional_config (`TRACE_ADDR_KEY`), which reaches every worker. Without an address
@@ -7,7 +7,7 @@ nothing is sent.
 
 from __future__ import annotations
 
-from vreason.server.wire import RequestEnd, TraceRow, encode
+from vreason.server.messages import RequestEnd, TraceRow, encode
 
 
 class TracePusher:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vreason.server.engine.traces import TraceHub
-from vreason.server.wire import RequestEnd, StepRow, TraceRow, WorkerStats, decode, encode
+from vreason.server.messages import RequestEnd, StepRow, TraceRow, WorkerStats, decode, encode
 
 
 def test_records_round_trip_and_reach_their_choice():

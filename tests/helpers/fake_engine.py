@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from vreason.server.engine.types import ChoiceDelta, TraceSummary, Usage
-from vreason.server.wire import StepRow, WorkerStats
+from vreason.server.messages import StepRow, WorkerStats
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 

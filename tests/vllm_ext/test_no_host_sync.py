@@ -40,7 +40,7 @@ from vreason.server.controller import ControllerSlab, TailWeights, VReasonParams
 from vreason.server.controller import step as step_module  # noqa: E402
 from vreason.server.vllm_ext.overlay import OverlayResult  # noqa: E402
 from vreason.server.vllm_ext.runner import VReasonRunnerMixin  # noqa: E402
-from vreason.server.wire import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY  # noqa: E402
+from vreason.server.keys import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY  # noqa: E402
 
 aten = torch.ops.aten
 HKV, HQ, D, HID, INTER, VOCAB = 2, 4, 8, 16, 24, 64

@@ -9,7 +9,8 @@ import torch
 
 from vreason.server.controller import ControllerSlab, TailWeights, VReasonParams
 from vreason.server.vllm_ext.runtime import VReasonRuntime
-from vreason.server.wire import CHOICE_KEY, EXTRA_ARGS_KEY, FAILED, NO_SLOT, REQUEST_TAG_KEY
+from vreason.server.keys import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY
+from vreason.server.messages import FAILED, NO_SLOT
 
 HKV, HQ, D, HID, INTER, VOCAB = 2, 4, 8, 16, 24, 64
 VIDEO, IMAGE, TEXT = 900, 901, 5

@@ -1,9 +1,8 @@
-"""What crosses a process boundary between the front end (server/engine) and vLLM's worker
-(server/vllm_ext): the keys and environment names that wire them together, and the typed records
-of the V-Reason channel. No torch, no vLLM: both sides import this module, neither imports the other.
+"""The typed records the worker (server/vllm_ext) gives the front end (server/engine), and the
+channel's codec. No torch, no vLLM: the controller, the worker and the front end import them.
 
 The channel is one way, worker -> front end, over a ZeroMQ PUSH/PULL pair whose address the
-front end puts in additional_config (`TRACE_ADDR_KEY`):
+front end puts in additional_config (`keys.TRACE_ADDR_KEY`):
 - `TraceRow`: one generated step (`StepRow`) of a request that asked for a trace, with the
   request's tag and choice;
 - `RequestEnd`: once per controlled request (traced or not), when the worker drops its
@@ -18,41 +17,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
-"""The Hugging Face architecture V-Reason serves (the plugin registers its subclass for it)."""
-
-# Environment names, read where each process starts.
-CHECK_ENV = "VREASON_CHECK_OVERLAY"
-"""Set to 1 to compare the overlay and the tail with vLLM's own outputs while dV == 0 (tests)."""
-
-# SamplingParams.extra_args keys, one request's V-Reason wiring.
-EXTRA_ARGS_KEY = "vreason"
-"""The request's V-Reason options (`VReasonParams.to_dict()`)."""
-REQUEST_TAG_KEY = "vreason_rid"
-"""The front end's request id, echoed back on every channel record of that request."""
-CHOICE_KEY = "vreason_choice"
-"""The choice index of this engine request (the front end submits one engine request per choice)."""
-
-# vLLM additional_config keys, the deployment's V-Reason settings.
-SLOTS_KEY = "vreason_slots"
-"""Controller slots in the slab: controlled sequences decoded at once."""
-POSITIONS_KEY = "vreason_max_positions"
-"""Controlled positions (video tokens) per slot."""
-TRANSPOSED_KEY = "vreason_transposed_tail"
-"""Keep transposed copies of the tail's weights for the input gradient where that pays (CPU, bf16/fp16)."""
-DISABLED_KEY = "vreason_disabled"
-"""Reasons found before the engine started why V-Reason cannot run (a list; empty or absent: none)."""
-TEST_KNOBS_KEY = "vreason_test_knobs"
-"""True on a server started with --enable-test-knobs: requests' options may carry the test-only knobs."""
-TRACE_ADDR_KEY = "vreason_trace_addr"
-"""ZeroMQ address where workers push channel messages (bound by the front end before vLLM starts;
-absent: nothing is sent)."""
-
 # Error codes of a failed controlled request (RequestEnd.code).
 FAILED = "vreason_failed"
 """The controller raised for this request (an OOM, a bug): the request is failed alone."""
 NO_SLOT = "vreason_no_slot"
 """The worker had no slot that fits the request (the front end's admission should prevent it)."""
+
 
 
 @dataclass(frozen=True)
