@@ -10,9 +10,12 @@ decode loop runs no knob check.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .params import ParamError, VReasonParams
-from .state import ControllerState
+
+if TYPE_CHECKING:
+    from .state import ControllerState
 
 
 class InjectedFailure(RuntimeError):
