@@ -1,13 +1,13 @@
 """Front-end side of the V-Reason channel: a ZeroMQ PULL socket fed by vLLM's workers.
 
-Workers push typed records (server/messages.py): a `TraceRow` per step of a traced request and one
-`RequestEnd` per controlled engine request. Each record carries our request id (tag) and the
+Workers push typed records (server/messages.py): a `TraceRow` per step of a traced request and
+one `RequestEnd` per controlled engine request. Each record carries our request id (tag) and the
 choice index explicitly; the socket's address reaches the workers in vLLM's additional_config.
-The workers' stats are pulled over collective_rpc, not sent here. A controlled request is registered here while it
-runs; the engine finishes a choice only once that choice's `RequestEnd` has arrived, so every
-row the worker sent for it is in (the end says how many). No row is dropped: a request that is
-not (or no longer) registered has been aborted by us, and its records are counted as
-`orphan_records` in the hub's stats.
+The workers' stats are pulled over collective_rpc, not sent here. A controlled request is
+registered here while it runs; the engine finishes a choice only once that choice's
+`RequestEnd` has arrived, so every row the worker sent for it is in (the end says how many). No
+row is dropped: a request that is not (or no longer) registered has been aborted by us, and its
+records are counted as `orphan_records` (in /vreason/stats).
 """
 
 from __future__ import annotations
