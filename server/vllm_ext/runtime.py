@@ -2,7 +2,7 @@
 
 The runner (runner.py) owns one `VReasonRuntime` and calls it from vLLM's seams:
 - `start` (load_model): the controller slab, the tail weights and layer L's overlay;
-- `plan` (before the forward): the controlled rows of the batch and the overlay's plan;
+- `plan_step` (before the forward): the controlled rows of the batch and the overlay's plan;
 - `forward_done` (after the forward): what layer L's attention produced for the plan;
 - `control` (before sampling): the controller step, logits written back in place;
 - `after_sampling`: the step's report queued, the trace rows that are ready sent;
