@@ -25,7 +25,7 @@ else
 	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
 endif
 	$(VENV)/bin/python -c "import vreason.server, vllm, torch, cv2; print('vreason ready: vllm', vllm.__version__, 'torch', torch.__version__)"
-	$(VENV)/bin/python -c "from vreason.server.smollm2_model import gguf_file; import gguf, accelerate; print('SmolLM2 weights:', gguf_file())"
+	$(VENV)/bin/python -c "from vreason.server.checkpoints.smollm2 import gguf_file; import gguf, accelerate; print('SmolLM2 weights:', gguf_file())"
 	rm -f $(VENV)/.vreason-setup-*
 	touch $@
 

@@ -219,7 +219,7 @@ inside_checks() {
     echo "   uid $uid; /dev/shm ${shm} MiB; /cache: $(podman exec "$CTR" ls /cache | tr '\n' ' ')"
     [ "$uid" != 0 ] || { echo "!! the server runs as root" >&2; return 1; }
     [ "$shm" -ge 1000 ] || { echo "!! /dev/shm is ${shm} MiB, not $SHM_SIZE" >&2; return 1; }
-    # the default demo model (SmolLM2 grafted into Qwen2.5-VL, server/smollm2_model.py) is built
+    # the default demo model (SmolLM2 grafted into Qwen2.5-VL, server/checkpoints/smollm2.py) is built
     # into the cache volume at first start
     podman exec "$CTR" sh -c 'ls -d /cache/smollm2-qwen2_5-vl-*' > /dev/null \
         || { echo "!! the demo model was not written to /cache" >&2; return 1; }

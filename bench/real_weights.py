@@ -1,6 +1,6 @@
 """V-Reason on real language-model weights: the same prompts with V-Reason off and on, side by side.
 
-Serves the default model (SmolLM2-135M-Instruct grafted into Qwen2.5-VL, server/smollm2_model.py;
+Serves the default model (SmolLM2-135M-Instruct grafted into Qwen2.5-VL, server/checkpoints/smollm2.py;
 its vision tower is random, so the video carries no information the LM can use) through the real
 server, sends every prompt (a synthetic moving-shapes video plus a question; once also without the
 video, to show what the random visual tokens do to the answers) once per setting,
@@ -162,7 +162,7 @@ def main() -> int:
     args = ap.parse_args()
     from vreason.clients.synth_video import write_moving_shapes_mp4
     from vreason.server.cli import default_cache_dir
-    from vreason.server.smollm2_model import ensure_smollm2_model
+    from vreason.server.checkpoints.smollm2 import ensure_smollm2_model
 
     model = ensure_smollm2_model(default_cache_dir(), progress=lambda m: print(m, file=sys.stderr))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,9 @@
-"""Per-token cost of a V-Reason controlled request at Qwen2.5-VL-7B dimensions, before and after.
+"""Per-token cost of a V-Reason controlled request at Qwen2.5-VL-7B dimensions.
 
 Random bf16 weights of layer L's tail and lm_head, a bf16 paged KV cache of layer L, 2048 video
 tokens in a 4096-token context per row, defaults update_every 2, steps 1, apply now. It times
 the work V-Reason adds to one decode step for R controlled rows:
 
-- `old`: the controller as it was before issue 12 (bench/legacy, frozen): after the forward,
-  recompute layer L's attention with the controlled values, re-run the fp32 tail to replace the
-  logits; at an update step, autograd through the fp32 tail, Adam, one more tail forward.
 - `new`: the in-forward overlay (server/controller + kernels): layer L's attention reads the
   cached Vn (on CPU this runs next to the stock attention, so it is counted as extra); the
   logits are already controlled; an update adds the hand-written input-gradient backward, the
@@ -25,7 +22,13 @@ lm_head, `F.linear` in bf16 on R rows, as vLLM runs them here): a lower bound on
 step, and the per-token overhead against it. Runs unchanged on CUDA (events not needed: it
 synchronises around each timed call).
 
-    .venv/bin/python bench/step7b.py [--impl old new new-shared] [--batch 1 4] [--repeats 3] [--device cuda]
+    .venv/bin/python bench/step7b.py [--impl new new-shared] [--batch 1 4] [--repeats 3] [--device cuda]
+
+Before/after: time an earlier commit's code with this same script, `bash bench/at_commit.sh
+COMMIT python3 bench/step7b.py ...` (a git worktree of COMMIT under the `vreason` namespace).
+The pre-issue-12 controller (`old` in bench/RESULTS.md) was timed with a frozen copy that was
+removed in issue 23; its last version is `bench/step7b.py --impl old` at commit b1fe02c, run in
+a worktree of that commit.
 """
 
 from __future__ import annotations
@@ -35,11 +38,8 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 HIDDEN, HQ, HKV, D, INTER, VOCAB = 3584, 28, 4, 128, 18944, 152064
 CONTEXT, VIDEO, VIDEO_START, BLOCK = 4096, 2048, 1024, 16
@@ -150,33 +150,6 @@ class Batch:
         return blocks[:, VIDEO_START:VIDEO_START + VIDEO]
 
 
-def old_impl(batch: Batch, w, params):
-    """The pre-issue-12 runner path after the forward, for rows that all have an offset."""
-    from legacy.state import ControllerState
-    from legacy.step import RowInputs, controller_step, pad_values
-
-    from vreason.kernels import controlled_attention
-
-    states = []
-    for r in range(batch.rows):
-        s = ControllerState.create(f"r{r}", params, [(VIDEO_START, VIDEO)], batch.v0(r))
-        s.delta.copy_(batch.delta[r])
-        s.updates = 1
-        states.append(s)
-
-    def step(update: bool):
-        for s in states:
-            s.switch.t = 1 if update else 2
-        o, a = controlled_attention(batch.q, batch.key, batch.value, batch.block_table, batch.seq_lens,
-                                    batch.vid_start, batch.vid_len, pad_values(states).to(torch.bfloat16),
-                                    batch.scale)
-        inputs = [RowInputs(state=s, logits=batch.logits[i].clone(), residual=batch.residual[i].clone(),
-                            o=o[i].float().clone(), a=a[i, :, :VIDEO].float().clone())
-                  for i, s in enumerate(states)]
-        controller_step(inputs, w)
-    return step
-
-
 def new_impl(batch: Batch, w, params):
     """The overlay path: layer L's attention reads the slab's Vn; updates use the main forward."""
     from vreason.kernels import controlled_attention
@@ -207,13 +180,10 @@ def new_impl(batch: Batch, w, params):
     return step
 
 
-def pass_bytes(impl: str, update: bool, rows: int, wb: dict[str, int], apply: str = "now") -> float:
+def pass_bytes(update: bool, rows: int, wb: dict[str, int], apply: str = "now") -> float:
     """Bytes each pass must move at least (its own floor), bf16 weights, KV of layer L only."""
     kv_l = 2 * CONTEXT * HKV * D * 2  # layer L's keys and values of one row
     attn = rows * (kv_l + U / 2)  # + the controlled values (cached Vn, bf16)
-    if impl == "old":
-        # the tail replaces the logits every step; an update adds 2 tail forwards + 1 backward
-        return attn + wb["tail"] * (4 if update else 1)
     if not update:
         return attn
     backward = wb["lm_head"] + wb["down"] + 2 * wb["gate_up"] + 2 * wb["o_proj"]  # recompute gate_up, o_proj
@@ -223,19 +193,17 @@ def pass_bytes(impl: str, update: bool, rows: int, wb: dict[str, int], apply: st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--impl", nargs="+", default=["old", "new"], choices=["old", "new", "new-shared"])
+    ap.add_argument("--impl", nargs="+", default=["new"], choices=["new", "new-shared"])
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--apply", default="now", choices=["now", "next"],
-                    help="the update's apply mode (next: no tail forward after the update; old supports now only)")
+                    help="the update's apply mode (next: no tail forward after the update)")
     args = ap.parse_args()
     from vreason.server.controller import VReasonParams, serving_tail
 
     device = torch.device(args.device)
     params = VReasonParams(apply=args.apply)  # defaults: update_every 2, steps 1 (apply now unless --apply)
-    if args.apply != "now" and "old" in args.impl:
-        ap.error("--apply next: the old implementation is timed with apply now only")
     w = make_weights(device)
     wb = weight_bytes(w)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -251,12 +219,12 @@ def main() -> None:
     for impl in args.impl:
         for rows in args.batch:
             batch = Batch(rows, w, device)
-            step = (old_impl if impl == "old" else new_impl)(batch, serving_tail(w, impl == "new"), params)
+            step = new_impl(batch, serving_tail(w, impl == "new"), params)
             res = {}
             for update in (False, True):
                 secs, bw0, bw1 = timed(lambda: step(update), device, args.repeats)
                 bw = (bw0 + bw1) / 2
-                nbytes = pass_bytes("old" if impl == "old" else "new", update, rows, wb, args.apply)
+                nbytes = pass_bytes(update, rows, wb, args.apply)
                 res[update] = (secs, nbytes, bw)
                 label = "update" if update else "non-update"
                 lines.append(f"| {impl} | {rows} | {label} | {secs:.3f} | {nbytes / 1e9:.3f} | {nbytes / bw:.3f} | "

@@ -66,6 +66,29 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple[int | None, ...]) -> No
     check(ok, f"{name} must have shape {want}, got {list(t.shape)}")
 
 
+def signature(*args) -> tuple:
+    """What a launcher's checks depend on: each tensor's shape, dtype, device and strides, and the
+    other arguments as they are."""
+    return tuple((a.shape, a.dtype, a.device, a.stride()) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+class CheckedOnce:
+    """The argument signatures (`signature`) a launcher has checked already. A decode step calls
+    each launcher with the same few signatures again and again, so each is checked once, not on
+    every call (the checks walk every argument and format their messages)."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit, self._seen = limit, set()
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._seen
+
+    def add(self, key: tuple) -> None:
+        if len(self._seen) >= self.limit:  # bounded: row counts and lengths vary over a run
+            self._seen.clear()
+        self._seen.add(key)
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 

@@ -172,10 +172,10 @@ def serve(args) -> int:
 
     from vreason.server.api.app import create_app
     from vreason.server.controller.params import ParamError
-    from vreason.server.demo_model import ensure_demo_model, is_demo_model
-    from vreason.server.smollm2_model import LIMITS as SMOLLM2_LIMITS
-    from vreason.server.smollm2_model import SERVED_NAME as SMOLLM2_NAME
-    from vreason.server.smollm2_model import ensure_smollm2_model, is_smollm2_model
+    from vreason.server.checkpoints.demo import ensure_demo_model, is_demo_model
+    from vreason.server.checkpoints.smollm2 import LIMITS as SMOLLM2_LIMITS
+    from vreason.server.checkpoints.smollm2 import SERVED_NAME as SMOLLM2_NAME
+    from vreason.server.checkpoints.smollm2 import ensure_smollm2_model, is_smollm2_model
     from vreason.server.engine.config import EngineConfig
     from vreason.server.engine.vllm_engine import VllmEngine
     from vreason.server.video import FetchPolicy, VideoLimits
@@ -234,7 +234,7 @@ def serve(args) -> int:
         speculative_config=speculative, attention_backend=args.attention_backend,
         vreason_required=args.vreason == "on",
         vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens,
-        vreason_transposed_tail=args.vreason_transposed_tail == "on")
+        vreason_transposed_tail=args.vreason_transposed_tail == "on", test_knobs=settings.test_knobs)
     if settings.test_knobs:
         logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
@@ -252,8 +252,8 @@ def serve(args) -> int:
 def serve_dtype(flag: str | None, model: str) -> str:
     """The dtype to serve `model` in: --dtype when given, else float32 for the embedded demo models
     (the dtype they are built and documented in) and vLLM's `auto` for any other model."""
-    from vreason.server.demo_model import DEMO_DTYPE, is_demo_model
-    from vreason.server.smollm2_model import is_smollm2_model
+    from vreason.server.checkpoints.demo import DEMO_DTYPE, is_demo_model
+    from vreason.server.checkpoints.smollm2 import is_smollm2_model
 
     if flag:
         return flag
@@ -261,8 +261,8 @@ def serve_dtype(flag: str | None, model: str) -> str:
 
 
 def make_demo_model(args) -> int:
-    from vreason.server.demo_model import build_demo_model, ensure_demo_model
-    from vreason.server.smollm2_model import LIMITS, ensure_smollm2_model
+    from vreason.server.checkpoints.demo import build_demo_model, ensure_demo_model
+    from vreason.server.checkpoints.smollm2 import LIMITS, ensure_smollm2_model
 
     if args.language == "smollm2":
         out = ensure_smollm2_model(args.dir or default_cache_dir(), seed=args.seed)

@@ -14,7 +14,7 @@ from tests.helpers.servers import Server, start_server, stop_server
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
-    from vreason.server.demo_model import ensure_demo_model
+    from vreason.server.checkpoints.demo import ensure_demo_model
 
     cache = os.environ.get("VREASON_CACHE")
     return ensure_demo_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"))
@@ -23,7 +23,7 @@ def demo_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_model(tmp_path_factory) -> Path:
     """The served default (SmolLM2 grafted into Qwen2.5-VL): slow to build, for its own tests only."""
-    from vreason.server.smollm2_model import ensure_smollm2_model
+    from vreason.server.checkpoints.smollm2 import ensure_smollm2_model
 
     cache = os.environ.get("VREASON_CACHE")
     return ensure_smollm2_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"), progress=lambda m: None)

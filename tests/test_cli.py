@@ -86,7 +86,7 @@ def test_demo_models_are_served_in_the_dtype_they_are_built_in(demo_model):
     """vLLM's `auto` serves a float32 checkpoint in bfloat16 on CPU; the embedded demo models default
     to float32 (their documented answers hold there), any other model to auto; --dtype always wins."""
     from vreason.server import cli
-    from vreason.server.demo_model import DEMO_DTYPE
+    from vreason.server.checkpoints.demo import DEMO_DTYPE
 
     assert DEMO_DTYPE == "float32"
     assert cli.serve_dtype(None, str(demo_model)) == "float32"

@@ -29,7 +29,7 @@ def test_folders_are_not_importable_as_bare_names():
 
 
 def test_demo_model_is_deterministic(tmp_path):
-    from vreason.server.demo_model import build_demo_model, is_demo_model
+    from vreason.server.checkpoints.demo import build_demo_model, is_demo_model
 
     a, b = build_demo_model(tmp_path / "a"), build_demo_model(tmp_path / "b")
     for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):

@@ -21,7 +21,7 @@ TEXTS = ["The capital of France is",
 @pytest.fixture(scope="module")
 def reference():
     """SmolLM2's logits on TEXTS in float64 and float32 (model freed afterwards)."""
-    from vreason.server.smollm2_model import load_smollm2
+    from vreason.server.checkpoints.smollm2 import load_smollm2
 
     model, tok = load_smollm2(torch.float32)
     ids = [torch.tensor([tok.encode(t, add_special_tokens=False)]) for t in TEXTS]
@@ -43,7 +43,7 @@ def _grafted_logits(path, ids, dtype):
 def test_tokenizer_is_smollm2s_plus_vision_tokens(smollm2_model, reference):
     from transformers import AutoTokenizer
 
-    from vreason.server.smollm2_model import VISION_TOKENS
+    from vreason.server.checkpoints.smollm2 import VISION_TOKENS
 
     _, _, _, ref_tok = reference
     tok = AutoTokenizer.from_pretrained(smollm2_model)

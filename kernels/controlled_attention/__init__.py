@@ -6,13 +6,14 @@ import math
 
 import torch
 
-from .._utils import check, check_dtype, check_same_device, check_shape, use_triton
+from .._utils import CheckedOnce, check, check_dtype, check_same_device, check_shape, signature, use_triton
 from .batched import controlled_attention_batched
 from .reference import controlled_attention_reference
 
 __all__ = ["controlled_attention"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_CHECKED = CheckedOnce()
 
 
 def controlled_attention(
@@ -55,6 +56,30 @@ def controlled_attention(
             order, 0 past the row's video length. With them the attention output is
             `c + sum_i weights[..., i] * values[..., i]` for a constant c.
     """
+    args = (q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, scale)
+    key = signature(*args)
+    if key not in _CHECKED:
+        _check(*args)
+        _CHECKED.add(key)
+    R, Hq, D = q.shape
+    device = q.device
+    triton_path = use_triton(backend, device)
+    if R == 0:
+        return (
+            torch.empty(0, Hq, D, dtype=q.dtype, device=device),
+            torch.empty(0, Hq, values.shape[2], dtype=torch.float32, device=device),
+        )
+    if triton_path:
+        from .triton import controlled_attention_triton
+
+        return controlled_attention_triton(
+            q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale)
+        )
+    impl = controlled_attention_batched if backend == "auto" else controlled_attention_reference
+    return impl(q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale))
+
+
+def _check(q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, scale) -> None:
     for name, t in (("q", q), ("key_cache", key_cache), ("value_cache", value_cache)):
         check_dtype(name, t, _FLOATS)
     check_shape("q", q, (None, None, None))
@@ -81,21 +106,7 @@ def controlled_attention(
     check_dtype("values", values, (torch.float32, q.dtype))
     check(isinstance(scale, (int, float)) and math.isfinite(scale),
           f"scale must be a finite float, got {scale!r}")
-    device = check_same_device(
+    check_same_device(
         q=q, key_cache=key_cache, value_cache=value_cache, block_table=block_table,
         seq_lens=seq_lens, vid_start=vid_start, vid_len=vid_len, values=values,
     )
-    triton_path = use_triton(backend, device)
-    if R == 0:
-        return (
-            torch.empty(0, Hq, D, dtype=q.dtype, device=device),
-            torch.empty(0, Hq, values.shape[2], dtype=torch.float32, device=device),
-        )
-    if triton_path:
-        from .triton import controlled_attention_triton
-
-        return controlled_attention_triton(
-            q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale)
-        )
-    impl = controlled_attention_batched if backend == "auto" else controlled_attention_reference
-    return impl(q, key_cache, value_cache, block_table, seq_lens, vid_start, vid_len, values, float(scale))

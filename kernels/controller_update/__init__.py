@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .._utils import check, check_dtype, check_same_device, check_shape, use_triton
+from .._utils import CheckedOnce, check, check_dtype, check_same_device, check_shape, signature, use_triton
 from .reference import BETA1, BETA2, EPS, controller_update_reference
 
 __all__ = ["controller_update"]
+
+_CHECKED = CheckedOnce()
 
 
 def controller_update(
@@ -45,6 +47,25 @@ def controller_update(
     Returns:
         vn: [N, D] fp32, the controlled values after the step.
     """
+    key = signature(delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, beta1, beta2, eps)
+    if key not in _CHECKED:
+        _check(delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, beta1, beta2, eps)
+        _CHECKED.add(key)
+    N, D = delta.shape
+    device = delta.device
+    triton_path = use_triton(backend, device)
+    if N == 0:
+        return torch.empty(0, D, dtype=torch.float32, device=device)
+    args = (delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, float(beta1), float(beta2), float(eps),
+            bool(norm_restore))
+    if triton_path:
+        from .triton import controller_update_triton
+
+        return controller_update_triton(*args)
+    return controller_update_reference(*args)
+
+
+def _check(delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, beta1, beta2, eps) -> None:
     named = {"delta": delta, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "v0": v0, "grad_vn": grad_vn}
     check_shape("delta", delta, (None, None))
     N, D = delta.shape
@@ -58,14 +79,4 @@ def controller_update(
     check_dtype("lr", lr, (torch.float32,))
     check(0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0, f"betas must lie in [0, 1), got {beta1}, {beta2}")
     check(eps >= 0.0, f"eps must be >= 0, got {eps}")
-    device = check_same_device(**named, step=step, lr=lr)
-    triton_path = use_triton(backend, device)
-    if N == 0:
-        return torch.empty(0, D, dtype=torch.float32, device=device)
-    args = (delta, exp_avg, exp_avg_sq, v0, grad_vn, step, lr, float(beta1), float(beta2), float(eps),
-            bool(norm_restore))
-    if triton_path:
-        from .triton import controller_update_triton
-
-        return controller_update_triton(*args)
-    return controller_update_reference(*args)
+    check_same_device(**named, step=step, lr=lr)

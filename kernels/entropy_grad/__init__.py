@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .._utils import check, check_dtype, check_same_device, check_shape, use_triton
+from .._utils import CheckedOnce, check, check_dtype, check_same_device, check_shape, signature, use_triton
 from .reference import entropy_grad_reference
 
 __all__ = ["entropy_grad"]
+
+_CHECKED = CheckedOnce()
 
 
 def entropy_grad(
@@ -28,13 +30,12 @@ def entropy_grad(
         entropy: [R] fp32.
         grad: [R, V] fp32, dL/dlogits = alpha * p * (log p + H).
     """
-    check_dtype("logits", logits, (torch.float32, torch.bfloat16, torch.float16))
-    check_shape("logits", logits, (None, None))
+    key = signature(logits, alpha)
+    if key not in _CHECKED:
+        _check(logits, alpha)
+        _CHECKED.add(key)
     R, V = logits.shape
-    check(V > 0, "logits must have a non-empty vocabulary dimension")
-    check_shape("alpha", alpha, (R,))
-    check_dtype("alpha", alpha, (torch.float32,))
-    device = check_same_device(logits=logits, alpha=alpha)
+    device = logits.device
     triton_path = use_triton(backend, device)
     if R == 0:
         return (
@@ -46,3 +47,13 @@ def entropy_grad(
 
         return entropy_grad_triton(logits, alpha)
     return entropy_grad_reference(logits, alpha)
+
+
+def _check(logits: torch.Tensor, alpha: torch.Tensor) -> None:
+    check_dtype("logits", logits, (torch.float32, torch.bfloat16, torch.float16))
+    check_shape("logits", logits, (None, None))
+    R, V = logits.shape
+    check(V > 0, "logits must have a non-empty vocabulary dimension")
+    check_shape("alpha", alpha, (R,))
+    check_dtype("alpha", alpha, (torch.float32,))
+    check_same_device(logits=logits, alpha=alpha)

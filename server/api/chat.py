@@ -21,7 +21,7 @@ from vreason.server.engine.traces import public_row, trace_object
 from vreason.server.engine.types import (ChoiceDelta, EngineUnavailable, GenerateRequest, PromptLogprob,
                                          TokenLogprob, TraceSummary, Usage)
 from vreason.server.errors import ClientError
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow
 
 from .errors import error_body, error_fields, error_response
 from .metrics import Metrics

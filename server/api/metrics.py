@@ -11,6 +11,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vreason.server.messages import WorkerStats
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -41,11 +43,11 @@ class Metrics:
         self._engine_state = _EngineCollector(model_name)
         self.registry.register(self._engine_state)
 
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
         """Read the engine once (its gauges, controller totals and the inner-step durations since
         the last scrape), then write the Prometheus text exposition."""
-        snap = self.engine.metrics_snapshot() if hasattr(self.engine, "metrics_snapshot") else {}
-        for seconds in snap.get("step_seconds", ()):
+        snap = await self.engine.metrics_snapshot() if hasattr(self.engine, "metrics_snapshot") else {}
+        for seconds in (snap.get("vreason") or WorkerStats()).step_seconds:
             self.inner_step.labels(self.model).observe(seconds)
         self._engine_state.snap = snap
         return generate_latest(self.registry)
@@ -68,11 +70,10 @@ class _EngineCollector:
         yield gauge("vllm:num_requests_running", "Requests in the engine's running batch", snap.get("num_running", 0))
         yield gauge("vllm:num_requests_waiting", "Requests waiting in the engine", snap.get("num_waiting", 0))
         yield gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = full)", snap.get("kv_cache_usage", 0.0))
-        vr = snap.get("vreason") or {}
-        totals = vr.get("totals", {})
-        yield gauge("vreason:active_controllers", "Requests holding a V-Reason controller", vr.get("active_slots", 0))
-        yield gauge("vreason:controller_memory_bytes", "Bytes of controller state in use",
-                    vr.get("controller_bytes", 0))
+        vr = snap.get("vreason") or WorkerStats()
+        totals = vr.totals
+        yield gauge("vreason:active_controllers", "Requests holding a V-Reason controller", vr.active_slots)
+        yield gauge("vreason:controller_memory_bytes", "Bytes of controller state in use", vr.controller_bytes)
         for name, key, doc in (("vreason:updates", "updates", "Controller updates applied"),
                                ("vreason:skipped_updates", "skipped_updates", "Updates skipped (non-finite loss)"),
                                ("vreason:controllers_created", "created", "Controllers created")):

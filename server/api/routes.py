@@ -82,7 +82,7 @@ async def invocations(body: ChatCompletionRequest, request: Request):
 
 @router.get("/metrics")
 async def metrics(request: Request):
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/vreason/stats")

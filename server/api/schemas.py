@@ -265,7 +265,10 @@ class ChatCompletionRequest(_Strict):
         base = default or VReasonParams()
         if self.vreason is True:
             return VReasonParams.from_dict({"enabled": True}, base)
-        params = VReasonParams.from_dict({"enabled": True, **self.vreason}, base, test_knobs=test_knobs)
+        cls = VReasonParams
+        if test_knobs:
+            from vreason.server.controller.knobs import KnobbedParams as cls
+        params = cls.from_dict({"enabled": True, **self.vreason}, base)
         return params if params.enabled else None
 
     def to_generate_request(self, request_id: str, vreason: VReasonParams | None) -> GenerateRequest:

@@ -3,14 +3,14 @@
 The API layer builds `VReasonParams` from the request's `vreason` object (merged over the
 server defaults); the engine flattens it into `SamplingParams.extra_args["vreason"]` (a plain
 dict, so it crosses vLLM's process boundaries); the worker rebuilds it with `from_dict`.
-No torch, no vLLM here.
+No torch, no vLLM here. The test-only knobs are a subclass in knobs.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from vreason.server.errors import ClientError
 
@@ -48,16 +48,6 @@ class VReasonParams:
     token that is not visual ("text": an extension of the method, which controls visual tokens only)."""
     trace: bool = False
     """Return the per-token entropy/EMA/alpha trace in the response."""
-    force_alpha: float | None = None
-    """Test-only: use this alpha at every step instead of the switching rule."""
-    nan_at_step: int | None = None
-    """Test-only: poison the loss with NaN at this generated step (the update must be skipped)."""
-    fail_at_step: int | None = None
-    """Test-only: raise inside this request's update at this generated step (a multiple of
-    update_every), as an out-of-memory error would: the request must fail alone."""
-
-    TEST_KNOBS: ClassVar[tuple[str, ...]] = ("force_alpha", "nan_at_step", "fail_at_step")
-    """Accepted from a client only when the server runs with --enable-test-knobs."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ParamError:
@@ -85,33 +75,19 @@ class VReasonParams:
         for name, allowed in (("norm_restore", NORM_RESTORE), ("apply", APPLY), ("targets", TARGETS)):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(map(repr, allowed))}")
-        if self.force_alpha is not None and (
-            isinstance(self.force_alpha, bool) or self.force_alpha not in (-1, 1, -1.0, 1.0)
-        ):
-            raise bad("force_alpha", "must be -1 or 1")
-        if self.nan_at_step is not None and (isinstance(self.nan_at_step, bool)
-                                             or not isinstance(self.nan_at_step, int)):
-            raise bad("nan_at_step", "must be an integer")
-        if self.fail_at_step is not None and (isinstance(self.fail_at_step, bool)
-                                              or not isinstance(self.fail_at_step, int)
-                                              or self.fail_at_step < 1
-                                              or self.fail_at_step % self.update_every != 0):
-            raise bad("fail_at_step", "must be a positive multiple of update_every (an update step)")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base: VReasonParams | None = None, *,
-                  test_knobs: bool = True) -> VReasonParams:
-        """Overlay `data` on `base` (or the defaults); unknown keys raise ParamError, and so do the
-        test-only knobs unless `test_knobs` (the API layer passes the server's setting)."""
-        known = set(cls.field_names()) - (set() if test_knobs else set(cls.TEST_KNOBS))
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: dict[str, Any], base: VReasonParams | None = None) -> VReasonParams:
+        """Overlay `data` on `base` (or the defaults) as a `cls`; keys that are not fields of
+        `cls` raise ParamError (the test-only knobs are fields of `knobs.KnobbedParams` only)."""
+        unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             raise ParamError(f"unknown vreason option(s): {', '.join(unknown)}", f"vreason.{unknown[0]}")
-        return replace(base or cls(), **data)
+        return cls(**{**(base or cls()).to_dict(), **data})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

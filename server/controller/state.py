@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow
 
 from .objective import SwitchState
 from .params import VReasonParams
@@ -38,7 +38,6 @@ class ControllerState:
     updates: int = 0
     skipped_updates: int = 0
     last_row: StepRow | None = None
-    rows_sent: int = 0  # trace rows the runner has sent for this request
     loaded: bool = False  # V0 copied into the slot (done inside the forward that ends the prefill)
     released: bool = False  # its slot is back in the slab (finished or failed): nothing more is sent
 

@@ -19,6 +19,9 @@ copy in. The gradient is computed for alpha = 1 and scaled by alpha afterwards (
 backward is linear in dL/dlogits), so the sync that gives H_t, hence alpha_t, comes after the
 backward. Each extra inner step (steps > 1) adds one more.
 
+Test-only knobs (knobs.py) act through `hooks`, passed only on a server started with
+--enable-test-knobs: None in production, where no knob is checked.
+
 Containment: one request's failure (an exception, e.g. out of memory, anywhere in its part of
 the step) fails that request alone. Batched phases that change no request state (entropy,
 gradients, the apply-now tail) are retried one row at a time when they raise, and the rows that
@@ -32,19 +35,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from vreason.kernels import controller_update, entropy_grad
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow
 
 from .objective import SwitchState, entropy
 from .state import ControllerState
 from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_logits
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the test-only knob `fail_at_step`."""
 
 
 # -- host <-> device without waiting -----------------------------------------------------------
@@ -158,6 +158,7 @@ class StepReport:
     before: dict[int, SwitchState] = field(default_factory=dict)  # row -> its switch before this step
     copy: HostCopy | None = None
     done: bool = False
+    hooks: Any = None  # the test-only knobs' hooks (knobs.py); None in production
 
     def advance(self) -> None:
         """Advance the switch of every live row (needs h_host)."""
@@ -166,7 +167,7 @@ class StepReport:
                 s = self.rows[i]
                 self.before[i] = replace(s.switch)
                 alpha = s.switch.advance(self.h_host[i])
-                self.alpha[i] = float(s.params.force_alpha) if s.params.force_alpha is not None else alpha
+                self.alpha[i] = self.hooks.alpha(s, alpha) if self.hooks is not None else alpha
                 self.ema[i] = s.switch.ema
 
     def _after_rows(self) -> list[int]:
@@ -266,17 +267,18 @@ def _adam(s: ControllerState, grad_vn: torch.Tensor) -> torch.Tensor:
 
 
 def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: UpdateInputs | None,
-                    weights: TailWeights, earlier: Sequence[StepReport] = ()) -> StepReport:
+                    weights: TailWeights, earlier: Sequence[StepReport] = (), hooks: Any = None) -> StepReport:
     """Advance every row by one generated step; writes apply-now logits into `logits` in place.
 
     logits: [R, V] the rows' controlled logits from the main forward. `upd` covers exactly the
     rows whose step t is a multiple of update_every. A non-finite entropy or gradient (or the
-    test knob nan_at_step) skips that request's update; it is counted and marked in the trace.
+    test knob nan_at_step, through `hooks`) skips that request's update; it is counted and
+    marked in the trace.
     `earlier`: reports of earlier steps not finished yet, in step order; an update step
     finishes them after its host sync (their values have arrived by then), before it advances
     the switches. Without updates nothing is read: call `read_later`/`finish` on the report.
     """
-    report = StepReport(rows)
+    report = StepReport(rows, hooks=hooks)
     for s in rows:
         s.steps += 1
 
@@ -290,10 +292,9 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
     fail_k = lambda k, e: fail(upd.rows[k], e)  # noqa: E731 - keys of upd's rows
 
     def first_grad(ks: list[int]) -> torch.Tensor:  # dL/dVn for alpha = 1, with its finite flag
-        for k in ks:
-            s = rows[upd.rows[k]]
-            if s.params.fail_at_step == s.steps:
-                raise InjectedFailure(f"injected controller failure at step {s.steps} (fail_at_step)")
+        if hooks is not None:
+            for k in ks:
+                hooks.before_update(rows[upd.rows[k]])
         ones = torch.ones(len(ks), dtype=torch.float32, device=logits.device)
         _, g1 = entropy_grad(take(logits, [upd.rows[k] for k in ks]), ones)
         j = rows_index(ks, upd.o.device)
@@ -319,7 +320,7 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
         if s.steps % s.params.update_every != 0:
             raise RuntimeError(f"request {s.req_id}: update inputs at a step without an update")
         ok = math.isfinite(report.h_host[i]) and grad_ok.get(k, False)
-        if not ok or s.params.nan_at_step == s.steps:
+        if not ok or (hooks is not None and hooks.poisoned(s)):
             report.skipped.add(i)
         else:
             live.append(k)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from vreason.server.video import DEFAULT_FPS, FetchPolicy, VideoLimits
-from vreason.server.wire import POSITIONS_KEY, SLOTS_KEY, TRANSPOSED_KEY
+from vreason.server.keys import POSITIONS_KEY, SLOTS_KEY, TEST_KNOBS_KEY, TRANSPOSED_KEY
 
 from .types import MAX_LOGPROBS
 
@@ -57,6 +57,8 @@ class EngineConfig:
     """On CPU with bf16/fp16 weights, keep contiguous transposed copies of layer L's tail linears
     and lm_head (the tail's size again: 1.52 GB at 7B) so that an update step's input gradient
     reads each weight once for all updating rows, not once per row. No effect elsewhere."""
+    test_knobs: bool = False
+    """`--enable-test-knobs`: the workers read requests' test-only knobs (server/controller/knobs.py)."""
 
     @property
     def name(self) -> str:
@@ -92,7 +94,7 @@ def engine_args(cfg: EngineConfig):
         generation_config=cfg.generation_config, max_logprobs=cfg.max_logprobs,
         worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
         additional_config={SLOTS_KEY: cfg.vreason_slots, POSITIONS_KEY: cfg.vreason_positions,
-                           TRANSPOSED_KEY: cfg.vreason_transposed_tail},
+                           TRANSPOSED_KEY: cfg.vreason_transposed_tail, TEST_KNOBS_KEY: cfg.test_knobs},
         speculative_config=cfg.speculative_config, attention_backend=cfg.attention_backend,
     )
     if cfg.gpu_memory_utilization is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from vreason.server.wire import CHOICE_KEY, NO_SLOT
+from vreason.server.keys import CHOICE_KEY
+from vreason.server.messages import NO_SLOT
 
 from .types import EngineClientError, GenerateRequest, RequestFailed
 

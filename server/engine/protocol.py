@@ -28,7 +28,7 @@ class EngineClient(Protocol):
     async def stats(self) -> dict:
         """Engine-side V-Reason stats (active controller slots, bytes, totals)."""
 
-    def metrics_snapshot(self) -> dict:
-        """Cheap numbers for /metrics: num_running, num_waiting, kv_cache_usage (0..1), the
-        workers' latest V-Reason stats ("vreason") and inner-step durations since the last call
-        ("step_seconds")."""
+    async def metrics_snapshot(self) -> dict:
+        """Numbers for /metrics: num_running, num_waiting, kv_cache_usage (0..1) and the worker's
+        `WorkerStats` ("vreason", None when unknown) with its inner-step durations since the last
+        call (`step_seconds`)."""

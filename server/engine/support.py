@@ -10,7 +10,7 @@ to start).
 
 from __future__ import annotations
 
-from vreason.server.wire import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURE
 
 
 def config_reasons(model_config, parallel_config, cache_config, speculative_config=None,

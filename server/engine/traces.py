@@ -1,12 +1,13 @@
 """Front-end side of the V-Reason channel: a ZeroMQ PULL socket fed by vLLM's workers.
 
-Workers push typed records (server/wire.py): `StepRow`s of traced requests, one `RequestEnd`
-per controlled engine request, and their stats now and then. Each record carries our request
-id (tag) and the choice index explicitly. A controlled request is registered here while it
-runs; the engine finishes a choice only once that choice's `RequestEnd` has arrived, so every
-row the worker sent for it is in (the end says how many). No row is dropped: a request that is
-not (or no longer) registered has been aborted by us, and its records are counted as
-`orphan_records` in the hub's stats.
+Workers push typed records (server/messages.py): a `TraceRow` per step of a traced request and
+one `RequestEnd` per controlled engine request. Each record carries our request id (tag) and the
+choice index explicitly; the socket's address reaches the workers in vLLM's additional_config.
+The workers' stats are pulled over collective_rpc, not sent here. A controlled request is
+registered here while it runs; the engine finishes a choice only once that choice's
+`RequestEnd` has arrived, so every row the worker sent for it is in (the end says how many). No
+row is dropped: a request that is not (or no longer) registered has been aborted by us, and its
+records are counted as `orphan_records` (in /vreason/stats).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from vreason.server.wire import TRACE_ADDR_ENV, RequestEnd, StepRow, decode
+from vreason.server.messages import RequestEnd, StepRow, decode
 
 from .types import TraceSummary
 
@@ -85,19 +86,17 @@ class TraceHub:
         self._dir = tempfile.mkdtemp(prefix="vreason-")
         self.address = f"ipc://{os.path.join(self._dir, 'trace.sock')}"
         self._requests: dict[str, RequestTrace] = {}
-        self.stats: dict = {}
-        self.step_seconds: list[float] = []  # drained by the metrics collector
         self.orphan_records = 0
         self._task: asyncio.Task | None = None
         self._sock = None
 
     def start(self) -> None:
+        """Bind the socket (before the engine starts: the workers connect to `address`)."""
         import zmq
         import zmq.asyncio
 
         self._sock = zmq.asyncio.Context.instance().socket(zmq.PULL)
         self._sock.bind(self.address)
-        os.environ[TRACE_ADDR_ENV] = self.address  # inherited by vLLM's engine processes
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -115,19 +114,15 @@ class TraceHub:
 
     def receive(self, raw: bytes) -> None:
         """Take one channel message (the socket loop's body; tests call it directly)."""
-        rows, ends, stats = decode(raw)
-        if stats is not None:
-            self.stats = stats.stats
-            steps = self.stats.pop("step_seconds", [])
-            self.step_seconds.extend(steps[:max(0, 100_000 - len(self.step_seconds))])
+        rows, ends = decode(raw)
         touched = set()
-        for tag, choice, row in rows:
-            trace = self._requests.get(tag)
-            if trace is None or not 0 <= choice < len(trace.choices):
+        for r in rows:
+            trace = self._requests.get(r.tag)
+            if trace is None or not 0 <= r.choice < len(trace.choices):
                 self.orphan_records += 1
                 continue
-            trace.choices[choice].rows.append(row)
-            touched.add(tag)
+            trace.choices[r.choice].rows.append(r.row)
+            touched.add(r.tag)
         for end in ends:
             trace = self._requests.get(end.tag)
             if trace is None or not 0 <= end.choice < len(trace.choices):

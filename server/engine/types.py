@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from vreason.server.controller.params import VReasonParams
 from vreason.server.errors import ClientError
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow
 
 # Most top_logprobs per token: OpenAI's limit and vLLM's default max_logprobs. Stock vLLM on CPU
 # crashes its engine when asked for close to the vocabulary size, so more is refused at the edge.

@@ -16,7 +16,8 @@ from dataclasses import asdict, fields, replace
 
 from jinja2 import TemplateError
 
-from vreason.server.wire import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY
+from vreason.server.keys import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY, TRACE_ADDR_KEY
+from vreason.server.messages import WorkerStats
 from vreason.server.video import SamplingSpec, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
@@ -74,6 +75,7 @@ class VllmEngine:
         self._refuse_if_required(reasons)
         if reasons:
             vllm_config.additional_config[DISABLED_KEY] = list(reasons)
+        vllm_config.additional_config[TRACE_ADDR_KEY] = self.traces.address
         self._llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[scheduler_stats_logger(self._scheduler)])
         self._defaults = self._llm.model_config.get_diff_sampling_param()
         logger.info("serving %s in %s (--dtype %s), KV cache dtype %s", self.cfg.model,
@@ -82,16 +84,16 @@ class VllmEngine:
         self._tokenizer = getattr(self._processor, "tokenizer", self._processor)
         logger.info("default sampling parameters (--generation-config %s): %s", self.cfg.generation_config,
                     self._defaults or "vLLM's neutral defaults")
-        worker = await self.stats()
-        self.vreason_unavailable = tuple(worker.get("unavailable", reasons))
+        worker = await self._worker_stats()
+        self.vreason_unavailable = tuple(worker.unavailable)
         if self.vreason_unavailable:
             self._refuse_if_required(self.vreason_unavailable)
             logger.warning("V-Reason is DISABLED on this server (plain requests are served; requests asking for "
                            "vreason get 400 vreason_unavailable): %s", "; ".join(self.vreason_unavailable))
         else:
             logger.info("V-Reason available: %d controller slots x %d video tokens, slab %.1f MiB, update "
-                        "transients at most %.1f MiB", worker["slab_slots"], worker["slab_max_positions"],
-                        worker["slab_bytes"] / 2**20, worker["update_transient_bytes_max"] / 2**20)
+                        "transients at most %.1f MiB", worker.slab_slots, worker.slab_max_positions,
+                        worker.slab_bytes / 2**20, worker.update_transient_bytes_max / 2**20)
 
     def _refuse_if_required(self, reasons: tuple[str, ...]) -> None:
         if reasons and self.cfg.vreason_required:
@@ -113,22 +115,34 @@ class VllmEngine:
     def is_ready(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
+    async def _worker_stats(self, drain_step_seconds: bool = False) -> WorkerStats:
+        """The worker's V-Reason state, pulled over collective_rpc (the one transport for it)."""
+        out = await self._llm.collective_rpc("vreason_stats", kwargs={"drain_step_seconds": drain_step_seconds})
+        stats = [WorkerStats.from_dict(s) for s in out]
+        return replace(stats[0], step_seconds=[x for s in stats for x in s.step_seconds])
+
     async def stats(self) -> dict:
         if not self.is_ready():
             raise EngineUnavailable("engine is not running")
-        worker = (await self._llm.collective_rpc("vreason_stats"))[0]
-        return {**worker, "controlled_slots_admitted": self._slots.admitted,
+        worker = await self._worker_stats()
+        return {**worker.shown(), "controlled_slots_admitted": self._slots.admitted,
                 "orphan_records": self.traces.orphan_records}
 
-    def metrics_snapshot(self) -> dict:
-        """Scheduler numbers (summed over engines) and the workers' latest V-Reason stats."""
+    async def metrics_snapshot(self) -> dict:
+        """Scheduler numbers (summed over engines) and the worker's V-Reason stats, with the step
+        durations since the last call (None when the engine is not running)."""
         engines = list(self._scheduler.values())
-        steps, self.traces.step_seconds = self.traces.step_seconds, []
+        worker = None
+        if self.is_ready():
+            try:
+                worker = await self._worker_stats(drain_step_seconds=True)
+            except Exception:  # noqa: BLE001 - a scrape must not fail with the engine
+                logger.exception("could not read the worker's V-Reason stats")
         return {
             "num_running": sum(e["num_running"] for e in engines),
             "num_waiting": sum(e["num_waiting"] for e in engines),
             "kv_cache_usage": max((e["kv_cache_usage"] for e in engines), default=0.0),
-            "vreason": self.traces.stats, "step_seconds": steps,
+            "vreason": worker,
         }
 
     async def abort(self, request_id: str) -> None:

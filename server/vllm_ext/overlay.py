@@ -12,6 +12,8 @@ then, when the runner has posted a plan for this step, for the planned rows:
 - overwrites the attention output of rows that carry an offset, so vLLM's own o_proj, MLP,
   norm and lm_head produce the controlled logits;
 - keeps the output and the video weights for rows that update at this step.
+The plan is input only; what the attention produced (and what failed) comes back as an
+`OverlayResult`, which the runner takes after the forward.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from vreason.server.controller.step import to_device
 from .paged_cache import split_kv
 
 
-@dataclass
+@dataclass(frozen=True)
 class OverlayPlan:
     """One step's plan, posted by the runner before the forward and read by the wrapper."""
 
@@ -40,16 +42,6 @@ class OverlayPlan:
     loads: list = field(default_factory=list)  # (state, batch row, positions) to copy V0 for
     attend_states: list = field(default_factory=list)  # the K rows' controller states, in order
     check: bool = False  # compare with the stock output where Vn == V0 (debug/test flag)
-    # filled in by the wrapper
-    called: bool = False
-    last: torch.Tensor | None = None  # [K] token index of each planned row's last query token
-    o: torch.Tensor | None = None  # [K, Hq*D] fp32
-    a: torch.Tensor | None = None  # [K, Hq, p_max] fp32
-    max_error: float = 0.0
-    checked: int = 0  # rows compared with the stock output
-    failed: dict = field(default_factory=dict)  # index into the K rows -> what its attention raised
-    load_failed: list = field(default_factory=list)  # (state, exception) whose V0 copy raised
-    error: BaseException | None = None  # what failed for the whole step (the runner fails its controlled rows)
 
     @classmethod
     def for_rows(cls, attend: list, loads: list, device: torch.device, check: bool) -> OverlayPlan:
@@ -73,36 +65,61 @@ class OverlayPlan:
                    loads=loads, check=check, attend_states=[s for _, s in attend])
 
 
+@dataclass
+class OverlayResult:
+    """What layer L's attention produced for one step's plan, taken by the runner after the forward."""
+
+    last: torch.Tensor | None = None  # [K] token index of each planned row's last query token
+    o: torch.Tensor | None = None  # [K, Hq*D] fp32
+    a: torch.Tensor | None = None  # [K, Hq, p_max] fp32
+    max_error: float = 0.0
+    checked: int = 0  # rows compared with the stock output
+    failed: dict = field(default_factory=dict)  # index into the K rows -> what its attention raised
+    load_failed: list = field(default_factory=list)  # (state, exception) whose V0 copy raised
+    error: BaseException | None = None  # what failed for the whole step (the runner fails its controlled rows)
+
+
 class LayerOverlay:
-    """The runner's handle on layer L: the slab and the current plan, plus call counts."""
+    """The runner's handle on layer L: the slab, the posted plan and its result, plus call counts."""
 
     def __init__(self, layer_name: str, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
         self.layer_name, self.num_heads, self.num_kv_heads = layer_name, num_heads, num_kv_heads
         self.head_dim, self.scale = head_dim, scale
         self.slab = None
         self.plan: OverlayPlan | None = None
+        self.result: OverlayResult | None = None
         self.calls = {"attention_impl": 0, "overlay_applied": 0}
 
-    def apply(self, layer, query, kv_cache, meta, output) -> None:
-        """Run the plan on layer L's cache and output. Never raises: what fails is reported in the
-        plan (`failed`, `load_failed` per request, `error` for the whole step) and the stock output
-        of the affected rows stands."""
-        plan = self.plan
-        plan.called = True
-        self.calls["overlay_applied"] += 1
-        try:
-            self._apply(plan, layer, query, kv_cache, meta, output)
-        except Exception as e:  # noqa: BLE001 - not one request's (the layout, the plan's index math)
-            plan.error = e
+    def post(self, plan: OverlayPlan | None) -> None:
+        """The plan for the coming forward (None: nothing to overlay)."""
+        self.plan, self.result = plan, None
 
-    def _apply(self, plan, layer, query, kv_cache, meta, output) -> None:
+    def take(self) -> OverlayResult | None:
+        """After the forward: what the posted plan produced (None if layer L's attention did not
+        run it); clears both."""
+        result, self.plan, self.result = self.result, None, None
+        return result
+
+    def apply(self, plan: OverlayPlan, layer, query, kv_cache, meta, output) -> OverlayResult:
+        """Run `plan` on layer L's cache and output. Never raises: what fails is reported in the
+        result (`failed`, `load_failed` per request, `error` for the whole step) and the stock
+        output of the affected rows stands."""
+        self.calls["overlay_applied"] += 1
+        result = OverlayResult()
+        try:
+            self._apply(plan, result, layer, query, kv_cache, meta, output)
+        except Exception as e:  # noqa: BLE001 - not one request's (the layout, the plan's index math)
+            result.error = e
+        return result
+
+    def _apply(self, plan, result, layer, query, kv_cache, meta, output) -> None:
         slab = self.slab
         kv = split_kv(kv_cache, layer.attn_backend.get_name(), getattr(layer, "isa", None))
         for state, row, positions in plan.loads:
             try:  # one request's copy: a failure is that request's alone (the runner fails it)
                 state.load(kv.tokens("value", meta.block_table[row], positions).float())
             except Exception as e:  # noqa: BLE001
-                plan.load_failed.append((state, e))
+                result.load_failed.append((state, e))
         if plan.rows.numel() == 0:
             return
         last = (meta.query_start_loc[plan.rows + 1] - 1).long()
@@ -128,17 +145,17 @@ class LayerOverlay:
                 try:
                     o[j:j + 1], a[j:j + 1] = attend(slice(j, j + 1))
                 except Exception as e:  # noqa: BLE001
-                    plan.failed[j] = e
+                    result.failed[j] = e
         out = output.view(output.shape[0], self.num_heads, self.head_dim)
         if plan.check and plan.fresh.numel():
-            plan.max_error = (o[plan.fresh].float() - out[last[plan.fresh]].float()).abs().max().item()
-            plan.checked = plan.fresh.numel()
+            result.max_error = (o[plan.fresh].float() - out[last[plan.fresh]].float()).abs().max().item()
+            result.checked = plan.fresh.numel()
         overlay = plan.overlay
-        if plan.failed:  # a failed row keeps the stock output (its request is ended by the runner)
-            keep = torch.tensor([int(j) not in plan.failed for j in overlay.tolist()], dtype=torch.bool)
+        if result.failed:  # a failed row keeps the stock output (its request is ended by the runner)
+            keep = torch.tensor([int(j) not in result.failed for j in overlay.tolist()], dtype=torch.bool)
             overlay = overlay[keep.to(overlay.device)]
         out.index_copy_(0, last[overlay], o[overlay].to(out.dtype))
-        plan.last, plan.o, plan.a = last, o.flatten(1).float(), a
+        result.last, result.o, result.a = last, o.flatten(1).float(), a
 
 
 class OverlayImpl:
@@ -160,5 +177,5 @@ class OverlayImpl:
         overlay = self.overlay
         overlay.calls["attention_impl"] += 1
         if overlay.plan is not None and attn_metadata is not None:
-            overlay.apply(layer, query, kv_cache, attn_metadata, output)
+            overlay.result = overlay.apply(overlay.plan, layer, query, kv_cache, attn_metadata, output)
         return result

@@ -7,7 +7,7 @@ request asks for V-Reason (it only records the last layer's inputs for the runne
 
 from __future__ import annotations
 
-from vreason.server.wire import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURE
 
 MODEL_CLASS = "vreason.server.vllm_ext.model:VReasonQwen2_5_VL"
 

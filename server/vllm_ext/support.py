@@ -12,7 +12,7 @@ does, with V-Reason disabled and the reasons reported.
 
 from __future__ import annotations
 
-from vreason.server.wire import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURE
 
 # Backends whose paged-cache layout `paged_cache.split_kv` reads and whose output the overlay
 # was checked against.

@@ -1,22 +1,23 @@
-"""Worker side of the V-Reason channel: push typed records (server/wire.py) to the front end.
+"""Worker side of the V-Reason channel: push typed records (server/messages.py) to the front end.
 
-The front end binds a ZeroMQ PULL socket and exports its address in VREASON_TRACE_ADDR before
-the engine starts; vLLM's worker processes inherit it. Without that variable nothing is sent.
+The front end binds a ZeroMQ PULL socket before the engine starts and puts its address in
+vLLM's additional_config (`TRACE_ADDR_KEY`), which reaches every worker. Without an address
+nothing is sent.
 """
 
 from __future__ import annotations
 
-import os
-
-from vreason.server.wire import TRACE_ADDR_ENV, RequestEnd, StepRow, WorkerStats, encode
+from vreason.server.messages import RequestEnd, TraceRow, encode
 
 
 class TracePusher:
-    def __init__(self) -> None:
-        self._addr = os.environ.get(TRACE_ADDR_ENV)
+    """The sending end; connects on the first send."""
+
+    def __init__(self, addr: str | None = None) -> None:
+        self._addr = addr
         self._sock = None
 
-    def send(self, rows: list[tuple[str, int, StepRow]], ends: list[RequestEnd], stats: WorkerStats | None) -> None:
+    def send(self, rows: list[TraceRow], ends: list[RequestEnd]) -> None:
         if not self._addr:
             return
         if self._sock is None:
@@ -26,4 +27,4 @@ class TracePusher:
             # PUSH blocks (never drops) when the front end is slow: back-pressure, not loss.
             self._sock.setsockopt(zmq.LINGER, 1000)
             self._sock.connect(self._addr)
-        self._sock.send(encode(rows, ends, stats))
+        self._sock.send(encode(rows, ends))

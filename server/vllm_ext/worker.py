@@ -18,12 +18,12 @@ class VReasonCPUModelRunner(VReasonRunnerMixin, CPUModelRunner):
         inside the engine and kills it (seen with 16 concurrent seeded n=2 video requests). The
         rewind is done here by saving and restoring the state, with the generator out of the
         batch while vLLM samples and books the step."""
-        self.vreason_calls["cpu_sample_tokens"] += 1
+        self.vreason.calls["cpu_sample_tokens"] += 1
         batch = self.input_batch
         discard = np.nonzero(self.discard_request_mask.np[:batch.num_reqs])[0]
         held = {int(i): batch.generators.pop(int(i)) for i in discard if int(i) in batch.generators}
         states = {i: g.get_state() for i, g in held.items()}
-        self.vreason_totals["cpu_generator_rewinds"] += len(held)
+        self.vreason.totals["cpu_generator_rewinds"] += len(held)
         try:
             return super().sample_tokens(grammar_output)
         finally:
@@ -41,6 +41,6 @@ class VReasonCPUWorker(CPUWorker):
             raise RuntimeError("V-Reason supports vLLM's V1 model runner only (set VLLM_USE_V2_MODEL_RUNNER=0)")
         self.model_runner = VReasonCPUModelRunner(self.vllm_config, torch.device("cpu"))
 
-    def vreason_stats(self) -> dict:
-        """collective_rpc target: slots in use, controller bytes, totals and seam call counts."""
-        return self.model_runner.vreason_stats()
+    def vreason_stats(self, drain_step_seconds: bool = False) -> dict:
+        """collective_rpc target: the runner's `WorkerStats`, as plain types (`WorkerStats.from_dict`)."""
+        return self.model_runner.vreason_stats(drain_step_seconds).to_dict()

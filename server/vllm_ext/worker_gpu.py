@@ -24,11 +24,12 @@ class VReasonGPUWorker(Worker):
         if cc.cudagraph_mode.has_full_cudagraphs():
             # A FULL graph replays layer L's attention without running Python, so the overlay
             # (overlay.py) would not run; PIECEWISE keeps attention outside the captured pieces.
-            # (The runner also raises if a posted plan was not consumed by the forward.)
+            # (A posted plan the forward did not consume fails that step's controlled requests.)
             logger.warning("V-Reason: cudagraph mode %s -> PIECEWISE (the overlay runs in the attention op)",
                            cc.cudagraph_mode.name)
             cc.cudagraph_mode = CUDAGraphMode.PIECEWISE
         return VReasonGPUModelRunner(self.vllm_config, self.device)
 
-    def vreason_stats(self) -> dict:
-        return self.model_runner.vreason_stats()
+    def vreason_stats(self, drain_step_seconds: bool = False) -> dict:
+        """collective_rpc target: the runner's `WorkerStats`, as plain types (`WorkerStats.from_dict`)."""
+        return self.model_runner.vreason_stats(drain_step_seconds).to_dict()

@@ -14,6 +14,7 @@ from vreason.server.controller import (ControllerSlab, ControllerState, ParamErr
                                        UpdateInputs, VReasonParams, controlled_values, controller_step, entropy,
                                        group_grad, state_bytes, tail_acts, tail_input_grad, tail_logits,
                                        tail_reference, wants_transposed, with_transposed)
+from vreason.server.controller.knobs import TEST_HOOKS, KnobbedParams
 
 HKV, HQ, D, HID, INTER, VOCAB = 2, 4, 8, 16, 24, 50
 
@@ -173,7 +174,7 @@ def _eager(params, v0, c, a, res, w, t_max):
     return hs, delta.detach()
 
 
-def _run_step(rows, w):
+def _run_step(rows, w, hooks=None):
     """What the runner does: controlled logits from the overlay forward, update inputs for updating rows."""
     logits, upd = [], []
     o_now = []
@@ -189,7 +190,7 @@ def _run_step(rows, w):
         p_max = max(rows[i][0].num_positions for i in upd)
         a = torch.stack([torch.nn.functional.pad(rows[i][2], (0, p_max - rows[i][2].shape[1])) for i in upd])
         inputs = UpdateInputs(upd, torch.stack([o_now[i] for i in upd]), a, torch.stack([rows[i][3] for i in upd]))
-    report = controller_step([r[0] for r in rows], logits, inputs, w)
+    report = controller_step([r[0] for r in rows], logits, inputs, w, hooks=hooks)
     report.finish()
     for i, row in report.step_rows.items():
         rows[i][0].__dict__.setdefault("history", []).append(row)  # this test's record of the rows
@@ -232,9 +233,9 @@ def test_apply_now_logits_are_the_updated_forward():
 def test_nan_skips_update_and_is_counted():
     w = make_weights()
     slab = _slab()
-    s, c, a, res = _row(slab, 3, 4, VReasonParams(update_every=1, nan_at_step=1))
+    s, c, a, res = _row(slab, 3, 4, KnobbedParams(update_every=1, nan_at_step=1))
     before = s.vn.clone()
-    _run_step([(s, c, a, res)], w)
+    _run_step([(s, c, a, res)], w, TEST_HOOKS)
     assert s.skipped_updates == 1 and s.updates == 0 and torch.count_nonzero(s.delta) == 0
     assert s.last_row.skipped is True and torch.equal(s.vn, before) and s.adam_step == 0
 
@@ -258,7 +259,7 @@ def test_one_failing_row_fails_alone_and_the_others_match_a_solo_run():
     batched gradient) fails that row only; the batch is retried row by row, and the other rows end
     exactly as when they run without it."""
     w = make_weights()
-    good, bad = VReasonParams(lr=0.2, update_every=2), VReasonParams(lr=0.2, update_every=2, fail_at_step=2)
+    good, bad = VReasonParams(lr=0.2, update_every=2), KnobbedParams(lr=0.2, update_every=2, fail_at_step=2)
     slab = _slab()
     batch = [_row(slab, 1, 5, good), _row(slab, 2, 6, bad), _row(slab, 3, 7, good)]
     solo_slab = _slab()
@@ -266,7 +267,7 @@ def test_one_failing_row_fails_alone_and_the_others_match_a_solo_run():
     failed_at = None
     for step in range(1, 5):
         live = [r for r in batch if r[0].slot >= 0]
-        _, report = _run_step(live, w)
+        _, report = _run_step(live, w, TEST_HOOKS)
         _run_step(solo, w)
         for i, e in report.failed.items():
             assert "fail_at_step" in str(e) and live[i][0] is batch[1][0]
@@ -288,10 +289,10 @@ def test_one_failing_row_fails_alone_and_the_others_match_a_solo_run():
 
 def test_fail_at_step_must_be_an_update_step():
     with pytest.raises(ParamError, match="fail_at_step"):
-        VReasonParams(update_every=2, fail_at_step=3)
+        KnobbedParams(update_every=2, fail_at_step=3)
 
 
 def test_test_knobs_are_unknown_options_unless_enabled():
     with pytest.raises(ParamError, match="unknown vreason option"):
-        VReasonParams.from_dict({"force_alpha": 1}, test_knobs=False)
-    assert VReasonParams.from_dict({"force_alpha": 1}).force_alpha == 1
+        VReasonParams.from_dict({"force_alpha": 1})
+    assert KnobbedParams.from_dict({"force_alpha": 1}).force_alpha == 1

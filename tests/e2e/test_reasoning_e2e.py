@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.servers import start_server, stop_server
-from vreason.server.demo_model import SCRIPT, ensure_demo_model
+from vreason.server.checkpoints.demo import SCRIPT, ensure_demo_model
 
 pytestmark = pytest.mark.slow
 MESSAGES = [{"role": "user", "content": "Which way does the square move?"}]

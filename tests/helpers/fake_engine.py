@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from vreason.server.engine.types import ChoiceDelta, TraceSummary, Usage
-from vreason.server.wire import StepRow
+from vreason.server.messages import StepRow, WorkerStats
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -53,11 +53,11 @@ class FakeEngine:
     async def stats(self):
         return {"active_slots": 0}
 
-    def metrics_snapshot(self):
+    async def metrics_snapshot(self):
         return {"num_running": 1, "num_waiting": 2, "kv_cache_usage": 0.25,
-                "vreason": {"active_slots": 1, "controller_bytes": 4096,
-                            "totals": {"updates": 3, "skipped_updates": 1, "created": 2}},
-                "step_seconds": [0.001, 0.002]}
+                "vreason": WorkerStats(active_slots=1, controller_bytes=4096,
+                                       totals={"updates": 3, "skipped_updates": 1, "created": 2},
+                                       step_seconds=[0.001, 0.002])}
 
 
 def client_for(engine, **settings) -> httpx.AsyncClient:

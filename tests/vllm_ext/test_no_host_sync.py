@@ -5,8 +5,8 @@ On a GPU vLLM schedules asynchronously: the CPU prepares step N+1 while the devi
 A blocking host<->device copy or a read of a device value (.item(), .tolist(), bool(tensor))
 stalls the CPU until the device has drained, for the whole batch, plain requests too. CPU runs
 never show it (async scheduling is off there), so this test runs the runner's planning
-(`_vr_plan`, with `OverlayPlan.for_rows`) and its controller step (`sample_tokens`: `_vr_control`,
-`controller_step`, `_vr_after_step`) on FAKE CUDA tensors (FakeTensorMode makes them on a
+(`_vreason_plan`: `VReasonRuntime.plan_step`, with `OverlayPlan.for_rows`) and its controller step
+(`sample_tokens`: `VReasonRuntime.control`, `controller_step`, `after_sampling`) on FAKE CUDA tensors (FakeTensorMode makes them on a
 CPU-only machine) under a dispatch mode that records every host sync:
 - a host->device copy (`aten._to_copy`, `aten.copy_`) without non_blocking or from memory that
   is not pinned (including the one that indexing a device tensor with a Python list makes),
@@ -23,7 +23,6 @@ kernels (asynchronous launches on a device) cannot run on fake tensors: their to
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from types import SimpleNamespace
 
@@ -39,8 +38,9 @@ pytest.importorskip("vllm")
 from vreason.kernels import controller_update, entropy_grad  # noqa: E402
 from vreason.server.controller import ControllerSlab, TailWeights, VReasonParams, entropy  # noqa: E402
 from vreason.server.controller import step as step_module  # noqa: E402
+from vreason.server.vllm_ext.overlay import OverlayResult  # noqa: E402
 from vreason.server.vllm_ext.runner import VReasonRunnerMixin  # noqa: E402
-from vreason.server.wire import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY  # noqa: E402
+from vreason.server.keys import CHOICE_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY  # noqa: E402
 
 aten = torch.ops.aten
 HKV, HQ, D, HID, INTER, VOCAB = 2, 4, 8, 16, 24, 64
@@ -182,42 +182,42 @@ class Channel:
     def __init__(self):
         self.rows, self.ends = [], []
 
-    def send(self, rows, ends, stats) -> None:
-        self.rows += rows
+    def send(self, rows, ends) -> None:
+        self.rows += [(r.tag, r.choice, r.row) for r in rows]
         self.ends += ends
 
 
 def make_runner(device: str, prompts, params, dtype=torch.float32, slots=4, positions=16) -> Runner:
     runner = Runner(device, prompts, params)
-    runner._vr_pusher = runner.channel = Channel()
-    runner._vr_stats_at = math.inf  # no stats records (they read vLLM's config)
-    runner._vr_slab = ControllerSlab(slots, positions, HKV, D, torch.bfloat16, runner.device)
+    runner.vreason.pusher = runner.channel = Channel()
+    slab = ControllerSlab(slots, positions, HKV, D, torch.bfloat16, runner.device)
     g = torch.Generator().manual_seed(0)
     r = lambda *s, std=0.3: (torch.randn(*s, generator=g) * std).to(runner.device, dtype)  # noqa: E731
-    runner._vr_tail = TailWeights(o_proj=r(HID, HQ * D), post_norm=1 + r(HID, std=0.1),
-                                  gate_up=r(2 * INTER, HID), down=r(HID, INTER),
-                                  final_norm=1 + r(HID, std=0.1), lm_head=r(VOCAB, HID, std=1.0), eps=1e-6)
+    tail = TailWeights(o_proj=r(HID, HQ * D), post_norm=1 + r(HID, std=0.1),
+                       gate_up=r(2 * INTER, HID), down=r(HID, INTER),
+                       final_norm=1 + r(HID, std=0.1), lm_head=r(VOCAB, HID, std=1.0), eps=1e-6)
+    runner.vreason.start(slab, tail, video_token_id=VIDEO, image_token_id=IMAGE)
     return runner
 
 
 def forward(runner: Runner, seed: int):
-    """What vLLM's forward and layer L's overlay leave for the runner (not under test): the plan
-    filled in, the logits and the aux residual. Returns the step's logits."""
-    plan = runner._vr_last_plan
+    """What vLLM's forward and layer L's overlay leave for the runner (not under test): the
+    plan's result, the logits and the aux residual. Returns the result and the step's logits."""
+    plan = runner.vreason.plan
     dev = runner.device
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=g).to(dev)  # noqa: E731
+    result = None
     if plan is not None:
-        plan.called = True
         for s, _, positions in plan.loads:
             s.load(rnd(HKV, positions.shape[0], D))
         k = plan.rows.shape[0]
-        plan.last = plan.rows  # decode: one query token per row, in batch order
-        plan.o, plan.a = rnd(k, HQ * D), torch.softmax(rnd(k, HQ, plan.p_max), -1)
+        # decode: one query token per row, in batch order
+        result = OverlayResult(last=plan.rows, o=rnd(k, HQ * D), a=torch.softmax(rnd(k, HQ, plan.p_max), -1))
     n = runner.input_batch.num_reqs
     logits = rnd(n, VOCAB)
     runner.execute_model_state = SimpleNamespace(logits=logits.clone(), aux_hidden_states=[rnd(n, HID)])
-    return logits
+    return result, logits
 
 
 def step(runner: Runner, seed: int, recorder: HostSyncs | None = None) -> tuple[list[str], torch.Tensor]:
@@ -226,16 +226,18 @@ def step(runner: Runner, seed: int, recorder: HostSyncs | None = None) -> tuple[
     syncs = []
     if recorder is not None:
         with recorder:
-            runner._vr_last_plan = runner._vr_plan()
+            runner._vreason_plan()
         syncs += recorder.take()
     else:
-        runner._vr_last_plan = runner._vr_plan()
-    logits = forward(runner, seed)
+        runner._vreason_plan()
+    result, logits = forward(runner, seed)
     if recorder is not None:
         with recorder:
+            runner.vreason.forward_done(result)
             runner.sample_tokens(None)
         syncs += recorder.take()
     else:
+        runner.vreason.forward_done(result)
         runner.sample_tokens(None)
     runner.execute_model_state = None
     return syncs, logits
@@ -354,8 +356,8 @@ def test_cpu_rows_are_complete_in_order_and_one_step_late():
         assert [row.updated for row in rows] == [t % params[r].update_every == 0 for t in range(1, 7)]
         end = end_of(runner, r)
         assert (end.rows_sent, end.steps, end.updates) == (6, 6, 6 // params[r].update_every)
-    assert runner.vreason_totals["updates"] == 3 + 2 and runner._vr_reports == []
-    assert runner._vr_slab.free_slots() == runner._vr_slab.slots
+    assert runner.vreason.totals["updates"] == 3 + 2 and runner.vreason.reports == []
+    assert runner.vreason.slab.free_slots() == runner.vreason.slab.slots
 
 
 @pytest.mark.parametrize("stop_at", [2, 3], ids=["extra step without update", "extra step with update"])
@@ -381,8 +383,8 @@ def test_async_scheduling_takes_back_the_step_of_a_thrown_away_token(stop_at):
     end = end_of(runner, "b")
     assert [row.t for row in rows_of(runner, "b")] == list(range(1, stop_at + 3))
     assert (end.rows_sent, end.steps, end.updates) == (stop_at + 2, stop_at + 2, (stop_at + 2) // 2)
-    assert runner.vreason_totals["updates"] == stop_at // 2 + (stop_at + 2) // 2
-    assert runner._vr_reports == [] and runner._vr_slab.free_slots() == runner._vr_slab.slots
+    assert runner.vreason.totals["updates"] == stop_at // 2 + (stop_at + 2) // 2
+    assert runner.vreason.reports == [] and runner.vreason.slab.free_slots() == runner.vreason.slab.slots
 
 
 def test_without_async_scheduling_the_last_step_counts():

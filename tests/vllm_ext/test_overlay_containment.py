@@ -41,16 +41,15 @@ def _setup(isa="vec"):
 
 def _apply(overlay, states, meta, layer, kv, loads=None):
     loads = [(s, i, run_positions(s.runs)) for i, s in enumerate(states)] if loads is None else loads
-    overlay.plan = plan = OverlayPlan.for_rows(list(enumerate(states)), loads, torch.device("cpu"), False)
+    plan = OverlayPlan.for_rows(list(enumerate(states)), loads, torch.device("cpu"), False)
     query, output = torch.randn(2, HQ * D), torch.full((2, HQ * D), 7.0)
-    overlay.apply(layer, query, kv, meta, output)
-    return plan, output
+    return overlay.apply(plan, layer, query, kv, meta, output), output
 
 
 def test_a_layout_that_cannot_be_read_fails_the_step_not_the_engine():
     kv, overlay, states, meta, layer = _setup(isa="neon")
-    plan, output = _apply(overlay, states, meta, layer, kv)
-    assert plan.called and isinstance(plan.error, UnsupportedLayout) and "neon" in str(plan.error)
+    result, output = _apply(overlay, states, meta, layer, kv)
+    assert result is not None and isinstance(result.error, UnsupportedLayout) and "neon" in str(result.error)
     assert torch.equal(output, torch.full_like(output, 7.0))  # the stock output stands
     assert not any(s.loaded for s in states)
 
@@ -58,17 +57,17 @@ def test_a_layout_that_cannot_be_read_fails_the_step_not_the_engine():
 def test_a_failed_v0_load_is_that_requests_alone():
     kv, overlay, states, meta, layer = _setup()
     bad = torch.tensor([3, 10_000])  # past the request's block table
-    plan, output = _apply(overlay, states, meta, layer, kv,
-                          loads=[(states[0], 0, bad), (states[1], 1, run_positions(states[1].runs))])
-    assert plan.error is None and [s for s, _ in plan.load_failed] == [states[0]]
-    assert isinstance(plan.load_failed[0][1], IndexError)
+    result, output = _apply(overlay, states, meta, layer, kv,
+                            loads=[(states[0], 0, bad), (states[1], 1, run_positions(states[1].runs))])
+    assert result.error is None and [s for s, _ in result.load_failed] == [states[0]]
+    assert isinstance(result.load_failed[0][1], IndexError)
     assert states[1].loaded and not states[0].loaded
-    assert plan.o is not None and plan.o.shape == (2, HQ * D)  # the step's attention still ran
+    assert result.o is not None and result.o.shape == (2, HQ * D)  # the step's attention still ran
 
 
 def test_broken_index_math_fails_the_step_not_the_engine():
     kv, overlay, states, meta, layer = _setup()
     meta.query_start_loc = torch.tensor([0], dtype=torch.int32)  # too short for the planned rows
-    plan, output = _apply(overlay, states, meta, layer, kv)
-    assert isinstance(plan.error, IndexError)
+    result, output = _apply(overlay, states, meta, layer, kv)
+    assert isinstance(result.error, IndexError)
     assert torch.equal(output, torch.full_like(output, 7.0))

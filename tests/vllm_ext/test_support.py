@@ -6,7 +6,7 @@ import pytest
 
 from vreason.server.engine.support import config_reasons
 from vreason.server.vllm_ext.support import model_reasons
-from vreason.server.wire import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURE
 
 
 @pytest.fixture(scope="module")

@@ -104,10 +104,9 @@ def serve(hq: int, hkv: int, d: int, dtype: torch.dtype, block_size: int, max_mo
         plan = OverlayPlan.for_rows(list(enumerate(states)), [], CPU, check=False)
         meta = SimpleNamespace(query_start_loc=torch.arange(rows + 1, dtype=torch.int32),
                                block_table=tables[:rows], seq_lens=torch.full((rows,), 60, dtype=torch.int32))
-        overlay.plan = plan
         query = torch.zeros(rows, hq * d, dtype=dtype)
-        overlay.apply(layer, query, kv_cache, meta, torch.zeros(rows, hq * d, dtype=dtype))
-        assert plan.error is None and not plan.failed, (plan.error, plan.failed)
+        result = overlay.apply(plan, layer, query, kv_cache, meta, torch.zeros(rows, hq * d, dtype=dtype))
+        assert result.error is None and not result.failed, (result.error, result.failed)
         # the controller: entropy gradients of vLLM's logits rows (slices and copies) and of the
         # tail's own fp32 logits, then one Adam step per updating request
         logits = torch.zeros(min(rows, 3), vocab, dtype=dtype).float()  # as the runner reads vLLM's rows

@@ -8,7 +8,7 @@ tokens, where it is plain RoPE, whatever the section split (it only has to sum t
 Embeddings stay tied. On text the grafted model computes SmolLM2's logits
 (tests/test_smollm2_model.py checks it against LlamaForCausalLM on the same weights).
 
-The vision tower is the demo model's small random one (server/demo_model.py): the model
+The vision tower is the demo model's small random one (server/checkpoints/demo.py): the model
 CANNOT SEE the video. To keep the random visual tokens from derailing the language model, the
 merger's last linear layer is rescaled so that every visual token is a fixed "neutral"
 embedding (NEUTRAL_TOKEN's) plus a per-patch perturbation (VISUAL_NOISE times its norm): varied
@@ -22,7 +22,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from vreason.server.demo_model import CHAT_TEMPLATE, DEMO_DTYPE, build_once
+from vreason.server.checkpoints.demo import CHAT_TEMPLATE, DEMO_DTYPE, build_once
 
 MARKER = "vreason_smollm2_model.json"
 FORMAT_VERSION = 2
@@ -168,7 +168,7 @@ def build_smollm2_model(out_dir: str | Path, seed: int = 0, progress=print) -> P
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from vreason.server.demo_model import VISION_CONFIG, build_processor
+    from vreason.server.checkpoints.demo import VISION_CONFIG, build_processor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 MARKER = "vreason_demo_model.json"
 DEMO_FORMAT_VERSION = 2
 DEMO_DTYPE = "float32"
-"""The dtype the embedded demo checkpoints (this one and smollm2_model's) are built in, and served in
+"""The dtype the embedded demo checkpoints (this one and smollm2.py's) are built in, and served in
 unless --dtype says otherwise: vLLM's `auto` would serve them in bfloat16 on CPU, where SmolLM2's
 answers fall apart."""
 # Whole-word tokens for the think/answer protocol (the real Qwen2.5 vocabulary splits them;
