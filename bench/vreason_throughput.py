@@ -5,6 +5,7 @@ question with V-Reason off and on (default knobs) at each concurrency level, int
 two modes, and prints generated tokens/s for each and the on/off ratio as a Markdown table.
 
     .venv/bin/python bench/vreason_throughput.py [--model DIR] [--concurrency 1 4 16] [--max-tokens 64]
+        [--modes off on] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ async def main_async(args) -> None:
         for c in args.concurrency:
             n = max(args.min_requests, 2 * c)
             rates = {}
-            for mode in (False, True, False, True):  # interleaved: drift hits both modes alike
+            modes = [m == "on" for m in args.modes]
+            for mode in modes * args.rounds:  # interleaved: drift hits both modes alike
                 tok, sec = await run_level(url, f"file://{video}", c, n, args.max_tokens, mode)
                 rates.setdefault(mode, []).append(tok / sec)
-            off, on = (sum(rates[m]) / len(rates[m]) for m in (False, True))
-            print(f"| {c} | {n} x2 | {off:.1f} | {on:.1f} | {on / off:.2f} |", flush=True)
+                print(f"  round: concurrency {c}, V-Reason {'on' if mode else 'off'}: {tok / sec:.1f} tok/s",
+                      file=sys.stderr, flush=True)
+            off, on = (sum(rates[m]) / len(rates[m]) if m in rates else float("nan") for m in (False, True))
+            print(f"| {c} | {n} x{args.rounds} | {off:.1f} | {on:.1f} | {on / off:.2f} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -78,6 +82,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--min-requests", type=int, default=8)
+    p.add_argument("--modes", nargs="+", choices=["off", "on"], default=["off", "on"],
+                   help="V-Reason modes to time, interleaved in this order (off alone: plain serving)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of each mode per concurrency level")
     asyncio.run(main_async(p.parse_args()))
 
 
