@@ -47,7 +47,7 @@ class VReasonRunnerMixin:
     def load_model(self, *args, **kwargs):
         self.vreason.calls["load_model"] += 1
         extra = self.vllm_config.additional_config or {}
-        self.vreason.pusher = TracePusher(extra.get(TRACE_ADDR_KEY))
+        self.vreason.trace.pusher = TracePusher(extra.get(TRACE_ADDR_KEY))
         if extra.get(TEST_KNOBS_KEY):
             self.vreason.enable_test_knobs()
         disabled = tuple(extra.get(DISABLED_KEY, ()))

@@ -5,7 +5,7 @@ The runner (runner.py) owns one `VReasonRuntime` and calls it from vLLM's seams:
 - `plan_step` (before the forward): the controlled rows of the batch and the overlay's plan;
 - `forward_done` (after the forward): what layer L's attention produced for the plan;
 - `control` (before sampling): the controller step, logits written back in place;
-- `after_sampling`: the step's report queued, the trace rows that are ready sent;
+- `after_sampling`: the step's report queued, the trace rows that are ready sent (trace_out.py);
 - `finish` (vLLM's bookkeeping): finished requests settled, their `RequestEnd`s sent;
 - `stats`: the worker's `WorkerStats` (pulled by the front end over collective_rpc).
 
@@ -33,12 +33,12 @@ from vreason.server.controller import (ControllerSlab, ControllerState, TailWeig
                                        controller_step, tail_logits)
 from vreason.server.controller.step import StepReport, rows_index, take, to_device
 from vreason.server.keys import EXTRA_ARGS_KEY
-from vreason.server.messages import FAILED, NO_SLOT, RequestEnd, TraceRow, WorkerStats
+from vreason.server.messages import FAILED, NO_SLOT, WorkerStats
 
 from .overlay import LayerOverlay, OverlayPlan, OverlayResult
 from .paged_cache import run_positions, token_runs
 from .request import ControlledRequest
-from .trace_channel import TracePusher
+from .trace_out import TraceOut
 
 logger = logging.getLogger("vllm.vreason")  # under vLLM's logger, so the worker's log shows it
 
@@ -48,13 +48,12 @@ class VReasonRuntime:
 
     device: the worker's device; check: compare the overlay and the tail with vLLM's outputs
     while dV == 0 (debug/test flag); compilation: describes how vLLM runs the model (read when
-    stats are made). `pusher`, the channel's sending end (`send(rows, ends)`), sends nothing
-    until the runner gives it the front end's address.
+    stats are made). `trace` sends the trace rows and request ends (its `pusher` sends nothing
+    until the runner gives it the front end's address).
     """
 
     def __init__(self, device: torch.device, *, check: bool, compilation: Callable[[], str]):
         self.device, self.check, self.compilation = device, check, compilation
-        self.pusher = TracePusher()
         self.calls: Counter[str] = Counter()  # seams and phases run (tests check they keep firing)
         self.totals: Counter[str] = Counter()
         self.unavailable: tuple[str, ...] = ()
@@ -71,9 +70,8 @@ class VReasonRuntime:
         self.rows: list[tuple[int, ControlledRequest]] = []  # this step's controlled (batch row, request)
         self.plan: OverlayPlan | None = None  # this step's plan for layer L (None: no controlled rows)
         self.result: OverlayResult | None = None  # what layer L's attention produced for it
-        self.reports: list[tuple[StepReport, set[int]]] = []  # step order; rows not yet sent
         self.last_report: StepReport | None = None  # the latest forward's (None: no controlled rows)
-        self.ends: list[RequestEnd] = []
+        self.trace = TraceOut(self.requests.get, self.fail_rows, self.totals)
         self.step_seconds: list[float] = []  # drained by the front end's metrics
         self.max_overlay_error = 0.0
         self.max_tail_error = 0.0
@@ -166,7 +164,7 @@ class VReasonRuntime:
                          exc_info=(type(e), e, e.__traceback__))
         else:
             logger.warning("V-Reason: request %s refused: %s", rec.tag, message)
-        self.ends.append(rec.end(code, message))
+        self.trace.ends.append(rec.end(code, message))
         self.rows = [(i, r) for i, r in self.rows if r is not rec]
 
     def fail_rows(self, e: BaseException, states: Iterable[ControllerState] | None = None) -> None:
@@ -177,19 +175,19 @@ class VReasonRuntime:
     def finish(self, finished: Iterable[str], thrown_away: set[str] = frozenset()) -> None:
         """vLLM finished these requests: read and send the rest of their rows, free their slots
         and send their ends (with any ends queued since the last send). `thrown_away`: those whose
-        newest step's token vLLM throws away (`settle`)."""
+        newest step's token vLLM throws away (`TraceOut.settle`, trace_out.py)."""
         for req_id in finished:
             self.uncontrolled.discard(req_id)
             rec = self.requests.pop(req_id, None)
             if rec is None:
                 continue
             if rec.controller is not None:
-                self._settle(rec, req_id in thrown_away)
+                self.trace.settle(rec, self.last_report if req_id in thrown_away else None)
                 rec.controller.release()
                 self.totals["freed"] += 1
-            self.ends.append(rec.end())
-        if self.ends:
-            self._send([])
+            self.trace.ends.append(rec.end())
+        if self.trace.ends:
+            self.trace.send([])
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -294,7 +292,7 @@ class VReasonRuntime:
         if result is not None and result.checked:
             self.max_overlay_error = max(self.max_overlay_error, result.max_error)
             self.totals["overlay_checks"] += result.checked
-        report = controller_step(rows, logits, upd, self.tail, [r for r, _ in self.reports], self.hooks)
+        report = controller_step(rows, logits, upd, self.tail, self.trace.pending(), self.hooks)
         for i, e in report.failed.items():
             self.fail(rows[i].req_id, e)
         if report.after:
@@ -313,83 +311,12 @@ class VReasonRuntime:
             self.totals["tail_checks"] += len(fresh)
 
     def after_sampling(self, report: StepReport | None, seconds: float) -> None:
-        """Queue the step's report and send what is ready (`flush`)."""
+        """Queue the step's report and send the trace rows that are ready (trace_out.py)."""
         if report is None:
             return
-        self.reports.append((report, set(range(len(report.rows)))))
         if len(self.step_seconds) < 100_000:
             self.step_seconds.append(seconds)
-        self.flush()
-
-    # -- the trace -----------------------------------------------------------------------------
-
-    def flush(self, ending: ControlledRequest | None = None) -> None:
-        """Finish, in step order, the queued reports whose values have reached the host (never
-        waiting), then count each row and send the rows of traced requests, in order. A
-        request's newest row waits until the request runs its next step or ends: until then
-        vLLM may still throw its token away (`_settle`). `ending` (a request being ended):
-        every report with a row of it is finished now, waiting if need be, and its rows are sent."""
-        last = -1
-        if ending is not None:
-            last = max((k for k, (r, left) in enumerate(self.reports)
-                        if any(r.rows[i] is ending.controller and i not in r.dropped for i in left)), default=-1)
-        rows: list[TraceRow] = []
-        queue, self.reports = self.reports, []
-        for k, (report, left) in enumerate(queue):
-            if k > last and not report.ready():
-                self.reports.extend(queue[k:])  # later reports wait for it: the switch reads H_t in order
-                break
-            try:
-                report.finish()
-            except Exception as e:  # noqa: BLE001 - reading the step's values failed: its requests fail
-                self.fail_rows(e, [s for s in report.rows if not s.released])
-                continue
-            for i in sorted(left):
-                s, row = report.rows[i], report.step_rows.get(i)
-                own = ending is not None and s is ending.controller
-                rec = ending if own else self.requests.get(s.req_id)
-                if row is not None and rec is not None and not s.released and not own and row.t >= s.steps:
-                    continue  # its newest: wait for its next step or its end
-                left.discard(i)
-                if row is None or rec is None or s.released:
-                    continue  # failed, dropped or ended: nothing to send
-                self.totals["updates"] += int(row.updated)
-                self.totals["skipped_updates"] += int(row.skipped)
-                if s.params.trace:
-                    rows.append(TraceRow(rec.tag, rec.choice, row))
-                    rec.rows_sent += 1
-            if left:
-                self.reports.append((report, left))
-        self._send(rows)
-
-    def _settle(self, rec: ControlledRequest, thrown_away: bool) -> None:
-        """Before a finished request's RequestEnd: read and send the rest of its rows.
-
-        Under async scheduling vLLM schedules step N+1 before token N is known, so a request
-        that stopped at N (an end-of-sequence or stop token, a stop string, an abort) is still in
-        step N+1's batch and that token is thrown away. The worker cannot tell at N+1 without a
-        host sync (the stop is decided by the scheduler from token N's value), so that step
-        runs; the request's finish then arrives while it is still in the persistent batch of
-        that last step (`thrown_away`), and its newest step is taken back: not sent, not
-        counted. (A request stopped by max_tokens or the model length is not scheduled again,
-        so it is not there.)"""
-        try:
-            newest = self.last_report
-            if thrown_away and newest is not None:
-                for i, s in enumerate(newest.rows):
-                    if s is rec.controller:
-                        newest.drop(i)
-            self.flush(rec)
-        except Exception:  # noqa: BLE001 - its end still goes out (with the rows sent so far)
-            logger.exception("V-Reason: could not settle the trace of request %s", rec.req_id)
-
-    def _send(self, rows: list[TraceRow]) -> None:
-        ends, self.ends = self.ends, []
-        if rows or ends:
-            try:
-                self.pusher.send(rows, ends)
-            except Exception:  # noqa: BLE001 - the channel must never stop the engine
-                logger.exception("V-Reason: could not send on the trace channel")
+        self.trace.add(report)
 
     # -- stats ---------------------------------------------------------------------------------
 

@@ -189,7 +189,7 @@ class Channel:
 
 def make_runner(device: str, prompts, params, dtype=torch.float32, slots=4, positions=16) -> Runner:
     runner = Runner(device, prompts, params)
-    runner.vreason.pusher = runner.channel = Channel()
+    runner.vreason.trace.pusher = runner.channel = Channel()
     slab = ControllerSlab(slots, positions, HKV, D, torch.bfloat16, runner.device)
     g = torch.Generator().manual_seed(0)
     r = lambda *s, std=0.3: (torch.randn(*s, generator=g) * std).to(runner.device, dtype)  # noqa: E731
@@ -356,7 +356,7 @@ def test_cpu_rows_are_complete_in_order_and_one_step_late():
         assert [row.updated for row in rows] == [t % params[r].update_every == 0 for t in range(1, 7)]
         end = end_of(runner, r)
         assert (end.rows_sent, end.steps, end.updates) == (6, 6, 6 // params[r].update_every)
-    assert runner.vreason.totals["updates"] == 3 + 2 and runner.vreason.reports == []
+    assert runner.vreason.totals["updates"] == 3 + 2 and runner.vreason.trace.reports == []
     assert runner.vreason.slab.free_slots() == runner.vreason.slab.slots
 
 
@@ -384,7 +384,7 @@ def test_async_scheduling_takes_back_the_step_of_a_thrown_away_token(stop_at):
     assert [row.t for row in rows_of(runner, "b")] == list(range(1, stop_at + 3))
     assert (end.rows_sent, end.steps, end.updates) == (stop_at + 2, stop_at + 2, (stop_at + 2) // 2)
     assert runner.vreason.totals["updates"] == stop_at // 2 + (stop_at + 2) // 2
-    assert runner.vreason.reports == [] and runner.vreason.slab.free_slots() == runner.vreason.slab.slots
+    assert runner.vreason.trace.reports == [] and runner.vreason.slab.free_slots() == runner.vreason.slab.slots
 
 
 def test_without_async_scheduling_the_last_step_counts():

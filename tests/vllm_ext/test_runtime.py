@@ -32,7 +32,7 @@ def request(prompt, vreason=None, choice=0):
 
 def runtime(slots=2, positions=8) -> VReasonRuntime:
     rt = VReasonRuntime(torch.device("cpu"), check=False, compilation=lambda: "eager")
-    rt.pusher = Channel()
+    rt.trace.pusher = Channel()
     g = torch.Generator().manual_seed(0)
     r = lambda *s, std=0.3: torch.randn(*s, generator=g) * std  # noqa: E731
     tail = TailWeights(o_proj=r(HID, HQ * D), post_norm=1 + r(HID, std=0.1), gate_up=r(2 * INTER, HID),
@@ -49,7 +49,7 @@ def test_plain_and_disabled_requests_are_read_once_and_never_planned():
     assert rt.requests == {} and rt.uncontrolled == {"p", "off"}
     assert rt.plan_step([(0, "p"), (1, "off")], {}) is None  # not read again
     rt.finish(["p", "off"])
-    assert rt.uncontrolled == set() and rt.pusher.ends == []
+    assert rt.uncontrolled == set() and rt.trace.pusher.ends == []
 
 
 def test_one_record_from_extra_args_to_its_end():
@@ -61,7 +61,7 @@ def test_one_record_from_extra_args_to_its_end():
     assert rec.controller.runs == [(1, 2)] and plan.loads[0][0] is rec.controller
     assert rt.stats().active_slots == 1
     rt.finish(["a"])
-    (end,) = rt.pusher.ends
+    (end,) = rt.trace.pusher.ends
     assert (end.tag, end.choice, end.code, end.positions) == ("tag", 1, None, 2)
     assert rt.requests == {} and rt.slab.free_slots() == rt.slab.slots
 
@@ -72,19 +72,19 @@ def test_unreadable_options_and_no_slot_end_that_request_alone():
                 "ok": request([VIDEO, VIDEO], {})}
     rt.plan_step([(0, "bad"), (1, "big"), (2, "ok")], requests)
     assert [r.req_id for _, r in rt.rows] == ["ok"]
-    codes = [e.code for e in rt.ends]
+    codes = [e.code for e in rt.trace.ends]
     assert codes == [FAILED, NO_SLOT] and rt.totals["failed"] == 1 and rt.totals["refused_no_slot"] == 1
     assert rt.uncontrolled == {"bad", "big"}
     rt.fail("ok", RuntimeError("boom"))
-    assert rt.rows == [] and rt.slab.free_slots() == 1 and rt.ends[-1].error == "RuntimeError: boom"
+    assert rt.rows == [] and rt.slab.free_slots() == 1 and rt.trace.ends[-1].error == "RuntimeError: boom"
 
 
 def test_test_knobs_are_read_only_with_the_test_flag():
     rt = runtime()
     rt.plan_step([(0, "k")], {"k": request([VIDEO], {"force_alpha": 1})})
-    (end,) = rt.ends
+    (end,) = rt.trace.ends
     assert end.code == FAILED and "unknown vreason option" in end.error and rt.hooks is None
     rt = runtime()
     rt.enable_test_knobs()
     rt.plan_step([(0, "k")], {"k": request([VIDEO], {"force_alpha": 1})})
-    assert rt.ends == [] and rt.requests["k"].params.force_alpha == 1 and rt.hooks is not None
+    assert rt.trace.ends == [] and rt.requests["k"].params.force_alpha == 1 and rt.hooks is not None
