@@ -1,7 +1,9 @@
 """Controller memory preallocated once: one slot per controlled request, up to P_max positions.
 
 Layout [slot, position, KV head, D], so the first P positions of a slot are one contiguous
-[P * Hkv, D] block: the fused update works in place on it (no stacking, no padding copies).
+[P * Hkv, D] block. A request with many controlled values is updated in place on that block
+(no copies); requests with few (`GATHER_MAX_VALUES`) are gathered and updated in one fused call,
+where the per-call work of one request at a time would cost more than the copies.
 V0, dV and the two Adam moments are fp32; `vn` caches the current controlled values in the KV
 cache's dtype, which is what layer L's attention reads.
 """
@@ -9,6 +11,12 @@ cache's dtype, which is what layer L's attention reads.
 from __future__ import annotations
 
 import torch
+
+GATHER_MAX_VALUES = 1 << 16
+"""Requests with at most this many controlled values (P * Hkv * D) update together in an update
+step: their rows are gathered from their slots, updated by one fused call and written back
+(controller/step.py). Above it a request updates in place in its slot: the copies (about ten
+passes over its fp32 state) would cost more than the ~75 small ops of a row of its own."""
 
 
 class ControllerSlab:
@@ -65,9 +73,13 @@ class ControllerSlab:
         Per updating row: the attention weights at the controlled positions [Hq, P], the value
         gradient [P, Hkv, D] and the apply-now copy of o (fp32), the tail's activations
         (hidden and 2x intermediate) and two vocabulary-sized rows (entropy gradient, logits);
-        once per step: one row's Adam outputs and Vn difference (4 x [P, Hkv, D] fp32), as Adam
-        runs one row at a time. The formula's one home; derived from the code, not measured.
+        once per step: one in-place row's Adam outputs and Vn difference (4 x [P, Hkv, D] fp32);
+        and per gathered row (at most GATHER_MAX_VALUES values) its gathered state, gradient,
+        outputs and padded change (10 x its values, fp32). The formula's one home; derived from
+        the code, not measured.
         """
         p, hkv, d = self.max_positions, self.v0.shape[2], self.v0.shape[3]
-        per_row = 4 * (num_heads * p + p * hkv * d + num_heads * d + 3 * hidden + 2 * intermediate + 2 * vocab)
-        return rows * per_row + 4 * 4 * p * hkv * d
+        values = p * hkv * d
+        per_row = 4 * (num_heads * p + values + num_heads * d + 3 * hidden + 2 * intermediate + 2 * vocab)
+        gathered = 4 * 10 * values if values <= GATHER_MAX_VALUES else 0
+        return rows * (per_row + gathered) + 4 * 4 * values

@@ -25,8 +25,10 @@ Test-only knobs (knobs.py) act through `hooks`, passed only on a server started 
 Containment: one request's failure (an exception, e.g. out of memory, anywhere in its part of
 the step) fails that request alone. Batched phases that change no request state (entropy,
 gradients, the apply-now tail) are retried one row at a time when they raise, and the rows that
-still raise are failed; the phase that changes state (Adam, in the request's own slot) runs
-per row. Failed rows are in `StepReport.failed`; the runner ends their requests with an error.
+still raise are failed. The phase that changes state (Adam) updates the small rows together on
+copies gathered from their slots and writes them back only once the whole batch has succeeded
+(`_adam_gathered`; on a failure the rows go one at a time), and a large row in place in its
+own slot (`_adam`). Failed rows are in `StepReport.failed`; the runner ends their requests with an error.
 A non-finite entropy or gradient is not a failure: that update is skipped, counted and marked.
 """
 
@@ -43,6 +45,8 @@ from vreason.kernels import controller_update, entropy_grad
 from vreason.server.messages import StepRow
 
 from .objective import SwitchState, entropy
+from .params import NORM_RESTORE
+from .slab import GATHER_MAX_VALUES
 from .state import ControllerState
 from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_logits
 
@@ -134,6 +138,12 @@ def group_apply(a: torch.Tensor, dvn: torch.Tensor, num_kv_heads: int) -> torch.
     """a: [Hq, P], dvn: [P, Hkv, D] -> the change of the attention output [Hq*D]."""
     hq, p = a.shape
     return torch.einsum("hgp,phd->hgd", a.view(num_kv_heads, hq // num_kv_heads, p), dvn).reshape(-1)
+
+
+def group_apply_rows(a: torch.Tensor, dvn: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """`group_apply` of U rows at once: a: [U, Hq, P], dvn: [U, P, Hkv, D] -> [U, Hq*D]."""
+    u, hq, p = a.shape
+    return torch.einsum("uhgp,uphd->uhgd", a.view(u, num_kv_heads, hq // num_kv_heads, p), dvn).reshape(u, -1)
 
 
 @dataclass
@@ -266,6 +276,56 @@ def _adam(s: ControllerState, grad_vn: torch.Tensor) -> torch.Tensor:
     return dvn
 
 
+def gathered(s: ControllerState) -> bool:
+    """Whether `s` updates in the gathered batch (`GATHER_MAX_VALUES`)."""
+    return s.num_positions * s.slab.v0.shape[2] * s.slab.v0.shape[3] <= GATHER_MAX_VALUES
+
+
+def _adam_gathered(ks: list[int], rows: list[ControllerState], upd: UpdateInputs, grad_vn: torch.Tensor,
+                   grad_of: dict[int, int], scale: dict[int, float], o: torch.Tensor, hkv: int) -> list[int]:
+    """One fused Adam step for the update rows `ks` together (indices into `upd.rows`), with o
+    moved by each row's change of Vn; the rows share one norm_restore. The batch is computed on copies and written back only when
+    it has all succeeded, so a failure leaves every slot as it was: the rows then update one at
+    a time (`_adam`), where a failure is that row's alone. Returns the rows done (none on failure
+    or with fewer than two rows)."""
+    if len(ks) < 2:
+        return []
+    states = [rows[upd.rows[k]] for k in ks]
+    slab, device = states[0].slab, o.device
+    try:
+        n_head, d = slab.v0.shape[2:]
+        pm = max(s.num_positions for s in states)
+        # flat [row, D] indices: into the slab (slot, position, head) and into the padded batch
+        lens = [s.num_positions * n_head for s in states]
+        at = [s.slot * slab.max_positions * n_head for s in states]
+        src = to_device(torch.cat([torch.arange(a, a + n) for a, n in zip(at, lens)]), device)
+        dst = to_device(torch.cat([torch.arange(j * pm * n_head, j * pm * n_head + n)
+                                   for j, n in enumerate(lens)]), device)
+        per_row = lambda xs, dtype: to_device(  # noqa: E731 - one value per request, repeated over its rows
+            torch.tensor(xs, dtype=dtype).repeat_interleave(torch.tensor(lens)), device)
+        step = per_row([s.adam_step + 1 for s in states], torch.int32)
+        lr = per_row([s.params.lr for s in states], torch.float32)
+        g_scale = per_row([scale[k] for k in ks], torch.float32)
+        flat = lambda t: t.view(-1, d)  # noqa: E731
+        grad = grad_vn[rows_index([grad_of[k] for k in ks], grad_vn.device), :pm].reshape(-1, d).index_select(0, dst)
+        v0, delta, m, v = (flat(t).index_select(0, src) for t in (slab.v0, slab.delta, slab.exp_avg, slab.exp_avg_sq))
+        vn = controller_update(delta, m, v, v0, grad * g_scale[:, None], step, lr,
+                               norm_restore=states[0].params.norm_restore == "token")
+        new = vn.to(slab.vn.dtype)
+        dvn = new.float() - flat(slab.vn).index_select(0, src).float()
+        change = torch.zeros(len(ks) * pm * n_head, d, dtype=torch.float32, device=device).index_copy_(0, dst, dvn)
+        j = rows_index(ks, device)
+        shift = group_apply_rows(upd.a[j, :, :pm], change.view(len(ks), pm, n_head, d), hkv)
+    except Exception:  # noqa: BLE001 - nothing written yet: the rows update one at a time
+        return []
+    for t, u in ((slab.delta, delta), (slab.exp_avg, m), (slab.exp_avg_sq, v), (slab.vn, new)):
+        flat(t).index_copy_(0, src, u)
+    o[j] += shift
+    for s in states:
+        s.adam_step += 1
+    return ks
+
+
 def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: UpdateInputs | None,
                     weights: TailWeights, earlier: Sequence[StepReport] = (), hooks: Any = None) -> StepReport:
     """Advance every row by one generated step; writes apply-now logits into `logits` in place.
@@ -345,12 +405,15 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
                     report.skipped.add(upd.rows[k])
             grad_of = {k: j for j, k in enumerate(live)}
             live = [k for j, k in enumerate(live) if ok[j]]
-        for k in list(live):
+        scale = {k: report.alpha[upd.rows[k]] if step == 0 else 1.0 for k in live}
+        done = [k for kind in NORM_RESTORE for k in _adam_gathered(
+            [k for k in live if gathered(rows[upd.rows[k]]) and rows[upd.rows[k]].params.norm_restore == kind],
+            rows, upd, grad_vn, grad_of, scale, o, hkv)]
+        for k in [k for k in live if k not in done]:
             i = upd.rows[k]
             s = rows[i]
-            scale = report.alpha[i] if step == 0 else 1.0
             try:  # changes the request's own slot only: a failure here is that request's alone
-                dvn = _adam(s, grad_vn[grad_of[k], :s.num_positions] * scale)
+                dvn = _adam(s, grad_vn[grad_of[k], :s.num_positions] * scale[k])
                 o[k] += group_apply(upd.a[k, :, :s.num_positions], dvn, hkv)
             except Exception as e:  # noqa: BLE001
                 fail(i, e)

@@ -296,3 +296,71 @@ def test_test_knobs_are_unknown_options_unless_enabled():
     with pytest.raises(ParamError, match="unknown vreason option"):
         VReasonParams.from_dict({"force_alpha": 1})
     assert KnobbedParams.from_dict({"force_alpha": 1}).force_alpha == 1
+
+
+def _mixed_batch(slab):
+    """Four requests updating at every step: different lengths, learning rates and norm restores."""
+    return [_row(slab, 11, 5, VReasonParams(lr=0.2, update_every=1)),
+            _row(slab, 12, 9, VReasonParams(lr=0.05, update_every=1, norm_restore="none")),
+            _row(slab, 13, 3, VReasonParams(lr=0.1, update_every=1, steps=2)),
+            _row(slab, 14, 7, VReasonParams(lr=0.3, update_every=1, norm_restore="none"))]
+
+
+@pytest.mark.parametrize("limit", [HKV * D * 6, 1 << 30], ids=["some-in-place", "all-gathered"])
+def test_gathered_adam_equals_one_row_at_a_time(monkeypatch, limit):
+    """Rows at or under GATHER_MAX_VALUES update together (gathered from their slots, one fused
+    call per norm restore, written back); the others in place. Either way each slot ends where
+    updating it alone (limit 0) puts it: the fused update is elementwise, and the attention
+    output's shift is one batched GEMM instead of one per row, which changes only the fp32
+    summation order of P <= 9 terms per output (then through the tail as in the containment test)."""
+    from vreason.server.controller import step as step_module
+
+    w = make_weights()
+    runs = {}
+    for name, lim in (("alone", 0), ("batched", limit)):
+        monkeypatch.setattr(step_module, "GATHER_MAX_VALUES", lim)
+        slab = _slab(slots=6)
+        rows = _mixed_batch(slab)
+        for _ in range(4):
+            _run_step(rows, w)
+        runs[name] = rows
+    rel = 24 * sum_roundoff(VOCAB)
+    for (s, *_), (ref, *_) in zip(runs["batched"], runs["alone"]):
+        assert s.adam_step == ref.adam_step == 4 * s.params.steps and s.updates == 4
+        for field in ("entropy", "entropy_after"):  # after: the apply-now forward on the shifted output
+            assert [getattr(r, field) for r in s.history] == pytest.approx(
+                [getattr(r, field) for r in ref.history], abs=rel * math.log(VOCAB))
+        assert (s.delta - ref.delta).abs().max() <= rel * 8 * s.params.lr
+        assert torch.equal(s.vn, controlled_values(s.v0, s.delta, s.params.norm_restore).to(s.vn.dtype))
+    assert runs["batched"][0][0].slab.delta[:, 9:].abs().max() == 0  # nothing written past a slot's positions
+
+
+def test_gathered_adam_that_raises_writes_nothing_and_rows_go_one_at_a_time(monkeypatch):
+    """A failure inside the gathered update (here: the fused call refuses rows that are not a
+    view of a slot, i.e. a gathered batch) leaves every slot untouched; the rows then update one
+    at a time, exactly as when the batch is never tried."""
+    from vreason.server.controller import step as step_module
+
+    real = step_module.controller_update
+    refused = []
+
+    def one_request_only(delta, *args, **kwargs):
+        if delta._base is None:
+            refused.append(delta.shape[0])
+            raise RuntimeError("a gathered batch")
+        return real(delta, *args, **kwargs)
+
+    w = make_weights()
+    slab, alone_slab = _slab(slots=6), _slab(slots=6)
+    rows, alone = _mixed_batch(slab), _mixed_batch(alone_slab)
+    for _ in range(3):
+        monkeypatch.setattr(step_module, "controller_update", one_request_only)
+        _run_step(rows, w)
+        monkeypatch.setattr(step_module, "GATHER_MAX_VALUES", 0)
+        monkeypatch.setattr(step_module, "controller_update", real)
+        _run_step(alone, w)
+        monkeypatch.undo()
+    assert refused == [(5 + 3) * HKV, (9 + 7) * HKV] * 3  # both norm-restore groups tried at each step
+    for (s, *_), (ref, *_) in zip(rows, alone):
+        assert torch.equal(s.delta, ref.delta) and s.adam_step == ref.adam_step and s.updates == 3
+        assert [(r.entropy, r.entropy_after) for r in s.history] == [(r.entropy, r.entropy_after) for r in ref.history]
