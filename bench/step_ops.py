@@ -9,7 +9,7 @@ worker's `aux_hidden_states` call count says which). The off rows are vLLM's own
 
     .venv/bin/python bench/step_ops.py --model DIR [--rows 1 8] [--steps 32] [--profile]
 
-`--profile` prints cProfile's top functions of the on steps (cumulative time).
+`--profile` prints cProfile's top functions of this project in the on steps, by step kind.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def aux_calls(engine) -> int:
     return stats["calls"].get("aux_hidden_states", 0)
 
 
-def run(engine, prompt, rows: int, on: bool, steps: int, counting: bool, profile: cProfile.Profile | None):
-    """Per decode step: (kind, ops or None, seconds). Kind: "off", "on", "on+update"."""
+def run(engine, prompt, rows: int, on: bool, steps: int, counting: bool, profiles: dict | None):
+    """Per decode step: (kind, ops or None, seconds). Kind: "off", "on", "on+update". With
+    `profiles`, each decode step is profiled and its stats added to profiles[kind]."""
     from vllm import SamplingParams
 
     from vreason.server.controller import VReasonParams
@@ -98,10 +99,11 @@ def run(engine, prompt, rows: int, on: bool, steps: int, counting: bool, profile
         if counter is not None:
             with counter:
                 outs = engine.step()
-        elif profile is not None and seen > 0:
-            profile.enable()
+        elif profiles is not None and seen > 0:
+            one = cProfile.Profile()
+            one.enable()
             outs = engine.step()
-            profile.disable()
+            one.disable()
         else:
             outs = engine.step()
         dt = time.perf_counter() - t0
@@ -111,6 +113,11 @@ def run(engine, prompt, rows: int, on: bool, steps: int, counting: bool, profile
         if decoding and len(out) < steps:
             kind = "off" if not on else ("on+update" if aux_calls(engine) > before else "on")
             out.append((kind, sum(counter.ops.values()) if counter is not None else None, dt))
+            if profiles is not None:
+                if kind in profiles:
+                    profiles[kind].add(one)
+                else:
+                    profiles[kind] = pstats.Stats(one)
             if counter is not None:
                 hist.setdefault(kind, Counter()).update(counter.ops)
     run.hist = hist  # the last counted run's op histogram per step kind (--detail)
@@ -130,7 +137,7 @@ def main() -> None:
     run(engine, prompt, 1, True, 4, False, None)  # warm-up both paths
     run(engine, prompt, 1, False, 4, False, None)
     print("| rows | step | ops per step | ms per step (median) | steps timed |\n|---|---|---|---|---|")
-    profile = cProfile.Profile() if args.profile else None
+    profiles = {} if args.profile else None
     for rows in args.rows:
         ops: dict[str, list[int]] = {}
         secs: dict[str, list[float]] = {}
@@ -142,17 +149,17 @@ def main() -> None:
                     steps = len([n for n in ops[kind]])
                     print(f"{rows} rows, {kind}: " + ", ".join(f"{k} {v / steps:.1f}" for k, v in h.most_common(25)))
             for _ in range(2):  # timed without the counter, twice interleaved
-                for kind, _, dt in run(engine, prompt, rows, on, args.steps, False, profile if on else None):
+                for kind, _, dt in run(engine, prompt, rows, on, args.steps, False, profiles if on else None):
                     secs.setdefault(kind, []).append(dt)
         for kind in ("off", "on", "on+update"):
             if kind in ops:
                 print(f"| {rows} | {kind} | {statistics.median(ops[kind]):.0f} | "
                       f"{1000 * statistics.median(secs.get(kind, [float('nan')])):.2f} | {len(secs.get(kind, []))} |",
                       flush=True)
-    if profile is not None:
-        stats = pstats.Stats(profile, stream=sys.stdout)
-        stats.sort_stats("cumulative").print_stats(45)
-        stats.sort_stats("tottime").print_stats(40)
+    for kind, stats in (profiles or {}).items():  # our code only, per step of that kind
+        print(f"\n## {kind} steps (last row count), this project's functions, cumulative ms per step")
+        stats.stream = sys.stdout
+        stats.sort_stats("cumulative").print_stats(r"/(server|kernels)/", 30)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class VReasonRuntime:
         self.uncontrolled: set[str] = set()
         self.rows: list[tuple[int, ControlledRequest]] = []  # this step's controlled (batch row, request)
         self.plan: OverlayPlan | None = None  # this step's plan for layer L (None: no controlled rows)
+        self._last_plan: OverlayPlan | None = None  # the newest plan built, and what it was built for
+        self._plan_key: tuple | None = None
         self.result: OverlayResult | None = None  # what layer L's attention produced for it
         self.last_report: StepReport | None = None  # the latest forward's (None: no controlled rows)
         self.trace = TraceOut(self.requests.get, self.fail_rows, self.totals)
@@ -231,7 +233,13 @@ class VReasonRuntime:
                 attend.append((i, s))
         if not self.rows:
             return None
-        return OverlayPlan.for_rows(attend, loads, self.device, self.check)
+        # a step like the last (same rows attending, same slots, nothing to load) reuses its
+        # plan: the index tensors change only when a request joins, leaves or starts overlaying
+        key = tuple((i, id(s), s.has_offset) for i, s in attend)
+        if loads or key != self._plan_key:
+            self._plan_key = None if loads else key
+            self._last_plan = OverlayPlan.for_rows(attend, loads, self.device, self.check)
+        return self._last_plan
 
     def forward_done(self, result: OverlayResult | None) -> None:
         """After the forward, with what layer L's attention produced for the plan (None: it did

@@ -88,3 +88,26 @@ def test_test_knobs_are_read_only_with_the_test_flag():
     rt.enable_test_knobs()
     rt.plan_step([(0, "k")], {"k": request([VIDEO], {"force_alpha": 1})})
     assert rt.trace.ends == [] and rt.requests["k"].params.force_alpha == 1 and rt.hooks is not None
+
+
+def test_a_step_like_the_last_reuses_its_plan_and_a_change_builds_a_new_one():
+    """The plan's index tensors are rebuilt only when the rows attending change (a request joins,
+    leaves, moves in the batch or starts overlaying) or a V0 load is due."""
+    rt = runtime(slots=2)
+    requests = {"a": request([TEXT, VIDEO, VIDEO], {"update_every": 1}),
+                "b": request([VIDEO, TEXT], {"update_every": 1})}
+    first = rt.plan_step([(0, "a")], requests)  # loads a's V0
+    assert first.loads and rt.plan_step([(0, "a")], requests) is not first  # until the forward loads it
+    rt.requests["a"].controller.loaded = True  # what layer L's attention does with the plan's load
+    again = rt.plan_step([(0, "a")], requests)
+    assert rt.plan_step([(0, "a")], requests) is again  # nothing changed
+    moved = rt.plan_step([(1, "a")], requests)
+    assert moved is not again and moved.rows.tolist() == [1]
+    joined = rt.plan_step([(0, "b"), (1, "a")], requests)  # b's load
+    rt.requests["b"].controller.loaded = True
+    steady = rt.plan_step([(0, "b"), (1, "a")], requests)
+    assert rt.plan_step([(0, "b"), (1, "a")], requests) is steady
+    assert joined is not steady and not steady.loads and steady.rows.tolist() == [0, 1]
+    assert steady.slots.tolist() == [rt.requests["b"].controller.slot, rt.requests["a"].controller.slot]
+    rt.requests["a"].controller.updates = 1  # a starts overlaying: its flag is part of the plan
+    assert rt.plan_step([(0, "b"), (1, "a")], requests) is not steady
