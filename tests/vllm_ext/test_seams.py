@@ -97,3 +97,20 @@ def test_plugin_registers_the_model():
     register()
     cls = ModelRegistry._try_load_model_cls(ARCHITECTURE)
     assert cls is not None and cls.__name__ == "VReasonQwen2_5_VL"
+
+
+def test_full_cuda_graphs_become_piecewise_only_where_vreason_can_run():
+    """The overlay runs in Python inside layer L's attention op, which a FULL graph replays
+    without Python: the GPU worker asks for PIECEWISE then, and leaves vLLM's choice alone where
+    V-Reason was disabled before the engine started."""
+    from vllm.config import CUDAGraphMode
+
+    from vreason.server.keys import DISABLED_KEY
+    from vreason.server.vllm_ext.worker_gpu import graph_mode
+
+    for mode in (CUDAGraphMode.FULL, CUDAGraphMode.FULL_AND_PIECEWISE, CUDAGraphMode.FULL_DECODE_ONLY):
+        assert graph_mode(mode, {}) == CUDAGraphMode.PIECEWISE
+        assert graph_mode(mode, None) == CUDAGraphMode.PIECEWISE
+        assert graph_mode(mode, {DISABLED_KEY: ["tensor parallelism"]}) == mode
+    for mode in (CUDAGraphMode.PIECEWISE, CUDAGraphMode.NONE):
+        assert graph_mode(mode, {}) == mode
