@@ -261,15 +261,21 @@ def serve_dtype(flag: str | None, model: str) -> str:
 
 
 def make_demo_model(args) -> int:
-    from vreason.server.checkpoints.demo import build_demo_model, ensure_demo_model
+    from vreason.server.checkpoints.demo import ARCHITECTURES, build_demo_model, ensure_demo_model
     from vreason.server.checkpoints.smollm2 import LIMITS, ensure_smollm2_model
 
+    if args.language == "smollm2" and args.architecture != "qwen2_5_vl":
+        print("error: --language smollm2 builds a Qwen2.5-VL checkpoint only (leave --architecture out)",
+              file=sys.stderr)
+        return 2
     if args.language == "smollm2":
         out = ensure_smollm2_model(args.dir or default_cache_dir(), seed=args.seed)
         print(f"SmolLM2-135M-Instruct in Qwen2.5-VL: {out}\nLimits: {LIMITS}")
     else:
-        out = build_demo_model(args.dir, seed=args.seed) if args.dir else ensure_demo_model(default_cache_dir(), args.seed)
-        print(f"wrote the tiny random Qwen2.5-VL demo model to {out}")
+        arch = args.architecture
+        out = (build_demo_model(args.dir, seed=args.seed, architecture=arch) if args.dir
+               else ensure_demo_model(default_cache_dir(), args.seed, architecture=arch))
+        print(f"wrote the tiny random {ARCHITECTURES[arch]} demo model to {out}")
     return 0
 
 
@@ -295,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_serve_args(p)
     p.set_defaults(func=serve)
-    p = sub.add_parser("make-demo-model", help="write an embedded demo Qwen2.5-VL checkpoint")
+    p = sub.add_parser("make-demo-model", help="write an embedded demo checkpoint (Qwen2.5-VL or Qwen2-VL)")
     p.add_argument("dir", nargs="?", default=None,
                    help="random: the checkpoint folder; smollm2: the cache folder it goes under "
                         "(default: the cache, $VREASON_CACHE or ~/.cache/vreason, where `serve` finds it)")
@@ -303,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="random: tiny random model (tests); smollm2: SmolLM2-135M-Instruct as the language "
                         "model (the `serve` default), random vision encoder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architecture", choices=["qwen2_5_vl", "qwen2_vl"], default="qwen2_5_vl",
+                   help="random: the family of the tiny model (Qwen2.5-VL or Qwen2-VL)")
     p.set_defaults(func=make_demo_model)
     _register_client_commands(sub)
     args = parser.parse_args(argv)

@@ -6,8 +6,12 @@ vLLM: both sides import this module, neither imports the other.
 
 from __future__ import annotations
 
-ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
-"""The Hugging Face architecture V-Reason serves (the plugin registers its subclass for it)."""
+ARCHITECTURES = {
+    "Qwen2_5_VLForConditionalGeneration": "VReasonQwen2_5_VL",
+    "Qwen2VLForConditionalGeneration": "VReasonQwen2_VL",
+}
+"""The Hugging Face architectures V-Reason serves -> the V-Reason model class the plugin
+registers for each (in server/vllm_ext/model.py)."""
 
 # Environment names, read where each process starts.
 CHECK_ENV = "VREASON_CHECK_OVERLAY"

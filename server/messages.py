@@ -69,6 +69,7 @@ class WorkerStats:
 
     available: bool = False
     unavailable: list[str] = field(default_factory=list)  # why V-Reason cannot run here
+    adapter: str = ""  # the V-Reason model class serving the architecture (vllm_ext/model.py); "" if none
     kv_layout: dict | None = None  # what the start-up layout probe proved
     active_slots: int = 0
     controller_bytes: int = 0  # slab bytes the active controllers use

@@ -103,7 +103,9 @@ async def models(request: Request):
 def vreason_availability(engine) -> dict:
     """Whether this server can run V-Reason, and if not, why (its start-up checks)."""
     reasons = list(getattr(engine, "vreason_unavailable", ()))
-    return {"available": not reasons, **({"unavailable": reasons} if reasons else {})}
+    adapter = getattr(engine, "vreason_adapter", "")
+    return {"available": not reasons, **({"adapter": adapter} if adapter else {}),
+            **({"unavailable": reasons} if reasons else {})}
 
 
 @router.get("/health")

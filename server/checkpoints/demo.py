@@ -1,4 +1,4 @@
-"""The embedded demo model: a deterministic tiny random Qwen2.5-VL checkpoint.
+"""The embedded demo models: deterministic tiny random Qwen2.5-VL (the default) and Qwen2-VL checkpoints.
 
 `build_demo_model(out_dir)` writes real (seeded) weights in safetensors, a byte-level BPE
 tokenizer trained locally on a built-in corpus with the Qwen special tokens, the Qwen2.5-VL chat
@@ -153,12 +153,21 @@ VISION_CONFIG = dict(
     patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2,
     window_size=112, fullatt_block_indexes=[1],
 )
-"""The small random vision tower (out_hidden_size is the language model's hidden size)."""
+"""The small random Qwen2.5-VL vision tower (out_hidden_size is the language model's hidden size)."""
+
+QWEN2_VL_VISION_CONFIG = dict(
+    depth=2, embed_dim=64, mlp_ratio=2, num_heads=2, in_channels=3, patch_size=14, spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+"""The small random Qwen2-VL vision tower (hidden_size is the language model's hidden size)."""
+
+ARCHITECTURES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL"}
+"""The demo model's architectures (`build_demo_model`): key -> family name."""
 
 
-def build_processor(tok, chat_template: str):
-    """The Qwen2.5-VL processor with the demo's small image/video sizes (112x112 video frames)."""
-    from transformers import Qwen2_5_VLProcessor
+def build_processor(tok, chat_template: str, architecture: str = "qwen2_5_vl"):
+    """The family's processor with the demo's small image/video sizes (112x112 video frames)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -167,27 +176,39 @@ def build_processor(tok, chat_template: str):
     vid_proc = Qwen2VLVideoProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
                                      patch_size=14, temporal_patch_size=2, merge_size=2,
                                      min_frames=2, max_frames=64, fps=2.0, do_sample_frames=False)
-    return Qwen2_5_VLProcessor(image_processor=img_proc, tokenizer=tok,
-                               video_processor=vid_proc, chat_template=chat_template)
+    cls = Qwen2VLProcessor if architecture == "qwen2_vl" else Qwen2_5_VLProcessor
+    return cls(image_processor=img_proc, tokenizer=tok, video_processor=vid_proc, chat_template=chat_template)
 
 
-def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = None) -> Path:
-    """Write the tiny random Qwen2.5-VL checkpoint to `out_dir` and return its path.
+def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = None,
+                     architecture: str = "qwen2_5_vl") -> Path:
+    """Write the tiny random checkpoint of `architecture` (a key of ARCHITECTURES) to `out_dir`
+    and return its path. Both families share the tokenizer, chat template, text widths and the
+    re-drawn language-model weights; each has its own small random vision tower.
 
     With `script`, the model instead answers every prompt with exactly that text (greedy): a
     real checkpoint with a known answer, for end-to-end tests of answer parsing.
     """
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
 
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown demo architecture {architecture!r}: one of {', '.join(ARCHITECTURES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _build_tokenizer(seed)
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab = len(tok)
 
-    processor = build_processor(tok, CHAT_TEMPLATE)
-    cfg = Qwen2_5_VLConfig(
+    processor = build_processor(tok, CHAT_TEMPLATE, architecture)
+    if architecture == "qwen2_vl":
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        vision = {**QWEN2_VL_VISION_CONFIG, "hidden_size": 128}
+    else:
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        vision = {**VISION_CONFIG, "out_hidden_size": 128}
+    cfg = config_cls(
         text_config=dict(
             vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
@@ -197,13 +218,13 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"], dtype=DEMO_DTYPE,
         ),
-        vision_config={**VISION_CONFIG, "out_hidden_size": 128},
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.float32).eval()
+    model = model_cls(cfg).to(torch.float32).eval()
     _rescale_for_peaked_outputs(model, seed)
     if script is not None:
         _script_weights(model, tok, script)
@@ -212,7 +233,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     (out / MARKER).write_text(json.dumps({
-        "format_version": DEMO_FORMAT_VERSION, "seed": seed, "script": script,
+        "format_version": DEMO_FORMAT_VERSION, "seed": seed, "script": script, "architecture": architecture,
         "note": "random weights: for tests and demos only, the answers are meaningless",
     }, indent=2))
     return out
@@ -222,11 +243,13 @@ def is_demo_model(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def ensure_demo_model(cache_dir: str | Path, seed: int = 0, script: str | None = None) -> Path:
-    """Build the demo model into `cache_dir/demo-qwen2_5-vl-v{N}...` once; reuse it afterwards."""
+def ensure_demo_model(cache_dir: str | Path, seed: int = 0, script: str | None = None,
+                      architecture: str = "qwen2_5_vl") -> Path:
+    """Build the demo model into `cache_dir/demo-<architecture>-v{N}...` once; reuse it afterwards."""
     kind = "" if script is None else "-scripted"
-    target = Path(cache_dir) / f"demo-qwen2_5-vl-v{DEMO_FORMAT_VERSION}-seed{seed}{kind}"
-    return build_once(target, lambda tmp: build_demo_model(tmp, seed, script), is_demo_model)
+    name = architecture.replace("_vl", "-vl")
+    target = Path(cache_dir) / f"demo-{name}-v{DEMO_FORMAT_VERSION}-seed{seed}{kind}"
+    return build_once(target, lambda tmp: build_demo_model(tmp, seed, script, architecture), is_demo_model)
 
 
 def build_once(target: Path, build: Callable[[Path], object], is_built: Callable[[Path], bool]) -> Path:

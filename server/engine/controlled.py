@@ -12,7 +12,7 @@ from .types import EngineClientError, GenerateRequest, RequestFailed
 
 
 def video_tokens(video_processor, frames) -> int:
-    """Video placeholder tokens vLLM's Qwen2.5-VL processor makes of these frames [T, H, W, C]:
+    """Video placeholder tokens vLLM's Qwen2-VL / Qwen2.5-VL processor makes of these frames [T, H, W, C]:
     frames resized to multiples of patch x merge within the processor's pixel bounds, padded to
     whole temporal patches, merge x merge patches per token."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize

@@ -10,7 +10,7 @@ to start).
 
 from __future__ import annotations
 
-from vreason.server.keys import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURES
 
 
 def config_reasons(model_config, parallel_config, cache_config, speculative_config=None,
@@ -38,8 +38,9 @@ def config_reasons(model_config, parallel_config, cache_config, speculative_conf
     if lora_config is not None:
         reasons.append("LoRA (--enable-lora): the differentiable tail does not apply adapters")
     archs = tuple(getattr(model_config.hf_config, "architectures", None) or ())
-    if ARCHITECTURE not in archs:
-        reasons.append(f"architecture {', '.join(archs) or 'unknown'}: V-Reason supports {ARCHITECTURE} only")
+    if not set(archs) & set(ARCHITECTURES):
+        reasons.append(f"architecture {', '.join(archs) or 'unknown'}: V-Reason supports "
+                       f"{', '.join(ARCHITECTURES)} only")
     return tuple(reasons)
 
 

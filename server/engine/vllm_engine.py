@@ -54,6 +54,7 @@ class VllmEngine:
         self._defaults: dict = {}  # the model's sampling defaults (vLLM's get_diff_sampling_param)
         self._tokenizer = None
         self.vreason_unavailable: tuple[str, ...] = ()
+        self.vreason_adapter = ""  # the worker's V-Reason model class (WorkerStats.adapter)
         """Why V-Reason cannot run on this deployment (empty: it can)."""
         self._slots = SlotBudget(cfg.vreason_slots, cfg.vreason_positions, cfg.max_num_seqs, cfg.data_parallel_size)
         self._children: dict[str, list[str]] = {}  # our request id -> its engine requests (controlled)
@@ -86,6 +87,7 @@ class VllmEngine:
                     self._defaults or "vLLM's neutral defaults")
         worker = await self._worker_stats()
         self.vreason_unavailable = tuple(worker.unavailable)
+        self.vreason_adapter = worker.adapter
         if self.vreason_unavailable:
             self._refuse_if_required(self.vreason_unavailable)
             logger.warning("V-Reason is DISABLED on this server (plain requests are served; requests asking for "

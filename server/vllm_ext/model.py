@@ -1,18 +1,27 @@
-"""Qwen2.5-VL subclass for V-Reason: layer L's attention impl wrapped, the residual stream entering
-layer L requested through vLLM's auxiliary hidden-state outputs (the EAGLE3 mechanism)."""
+"""The V-Reason model classes: one small subclass per supported architecture over one mixin.
+
+Each wraps its last layer's attention impl (the overlay) and asks for the residual stream
+entering that layer through vLLM's auxiliary hidden-state outputs (the EAGLE3 mechanism). What
+differs between families is only what vLLM's class lacks: Qwen2-VL's does not declare
+`SupportsEagle3`, so its subclass does (its language model, vLLM's Qwen2Model, already emits the
+aux outputs). The plugin (plugin.py) registers each class for its Hugging Face architecture.
+"""
 
 from __future__ import annotations
 
 from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import SupportsEagle3
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
 from vreason.server.controller import TailWeights
 
 from .overlay import LayerOverlay, OverlayImpl
 
 
-class VReasonQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
-    """Same weights, same outputs while no plan is posted; plus plain weights for its tail."""
+class VReasonModel:
+    """Mixed in front of a Qwen-VL class whose language model is a Qwen2 decoder: same weights,
+    same outputs while no plan is posted; plus plain weights for its tail."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -40,6 +49,7 @@ class VReasonQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
                 "down_proj": layer.mlp.down_proj, "lm_head": self.language_model.lm_head}
 
     def vreason_tail_weights(self) -> TailWeights:
+        """The tail as the controller computes it: x * w RMSNorms, SwiGLU MLP, no attention gate."""
         layer = self.language_model.model.layers[-1]
         vocab = self.config.get_text_config().vocab_size
         return TailWeights(
@@ -48,3 +58,12 @@ class VReasonQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
             final_norm=self.language_model.model.norm.weight,
             lm_head=self.language_model.lm_head.weight[:vocab],
             eps=layer.post_attention_layernorm.variance_epsilon)
+
+
+class VReasonQwen2_5_VL(VReasonModel, Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`)."""
+
+
+class VReasonQwen2_VL(VReasonModel, Qwen2VLForConditionalGeneration, SupportsEagle3):
+    """Qwen2-VL (`Qwen2VLForConditionalGeneration`); declares the aux-output interface vLLM's
+    class leaves out."""

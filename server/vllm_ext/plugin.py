@@ -1,19 +1,18 @@
 """vLLM general plugin (entry point `vllm.general_plugins`): register the V-Reason model class.
 
-It replaces the built-in Qwen2.5-VL architecture so that stock checkpoints load into the
-subclass with no extra user flag. The subclass behaves exactly like the built-in model unless a
-request asks for V-Reason (it only records the last layer's inputs for the runner).
+It replaces each supported built-in architecture (keys.ARCHITECTURES) so that stock checkpoints
+load into the V-Reason subclass with no extra user flag. A subclass behaves exactly like the
+built-in model unless a request asks for V-Reason.
 """
 
 from __future__ import annotations
 
-from vreason.server.keys import ARCHITECTURE
-
-MODEL_CLASS = "vreason.server.vllm_ext.model:VReasonQwen2_5_VL"
+from vreason.server.keys import ARCHITECTURES
 
 
 def register() -> None:
     """Idempotent: vLLM calls it once in every process that loads plugins."""
     from vllm import ModelRegistry
 
-    ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    for architecture, cls in ARCHITECTURES.items():
+        ModelRegistry.register_model(architecture, f"vreason.server.vllm_ext.model:{cls}")

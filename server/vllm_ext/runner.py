@@ -56,6 +56,8 @@ class VReasonRunnerMixin:
         out = super().load_model(*args, **kwargs)
         model = self.get_model()
         self.vreason.overlay = getattr(model, "vreason_overlay", None)
+        if self.vreason.overlay is not None:
+            self.vreason.adapter = type(model).__name__
         disabled = disabled or loaded_model_reasons(model)
         if disabled:
             self.vreason.disable(disabled)

@@ -57,6 +57,7 @@ class VReasonRuntime:
         self.calls: Counter[str] = Counter()  # seams and phases run (tests check they keep firing)
         self.totals: Counter[str] = Counter()
         self.unavailable: tuple[str, ...] = ()
+        self.adapter = ""  # the V-Reason model class loaded (vllm_ext/model.py)
         self.layout: dict | None = None  # what the start-up layout probe proved (layout_probe.py)
         self.overlay: LayerOverlay | None = None
         self.slab: ControllerSlab | None = None
@@ -337,7 +338,8 @@ class VReasonRuntime:
         if drain_step_seconds:
             steps, self.step_seconds = self.step_seconds, []
         return WorkerStats(
-            available=not self.unavailable, unavailable=list(self.unavailable), kv_layout=self.layout,
+            available=not self.unavailable, unavailable=list(self.unavailable), adapter=self.adapter,
+            kv_layout=self.layout,
             active_slots=len(controllers), controller_bytes=sum(s.nbytes() for s in controllers),
             slab_bytes=slab.nbytes() if slab is not None else 0,
             slab_slots=slab.slots if slab is not None else 0,

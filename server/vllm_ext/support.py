@@ -12,7 +12,7 @@ does, with V-Reason disabled and the reasons reported.
 
 from __future__ import annotations
 
-from vreason.server.keys import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURES
 
 # Backends whose paged-cache layout `paged_cache.split_kv` reads and whose output the overlay
 # was checked against.
@@ -41,7 +41,7 @@ def model_reasons(model, attention_backend: str | None, tail_modules: dict | Non
     """
     if tail_modules is None:
         return (f"model class {type(model).__name__}: not the V-Reason subclass (the plugin registers it for "
-                f"{ARCHITECTURE}; is VLLM_PLUGINS excluding 'vreason'?)",)
+                f"{', '.join(ARCHITECTURES)}; is VLLM_PLUGINS excluding 'vreason'?)",)
     reasons = []
     if attention_backend not in SUPPORTED_BACKENDS:
         reasons.append(f"attention backend {attention_backend}: V-Reason reads the paged cache of "

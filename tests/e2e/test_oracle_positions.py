@@ -1,4 +1,4 @@
-"""The eager oracle's M-RoPE positions: the original Qwen2.5-VL rule, checked against stock vLLM.
+"""The eager oracle's M-RoPE positions: each family's original rule, checked against stock vLLM.
 
 transformers 5.19 starts the text after a video at `max(h, w) // merge` past the video's start;
 the original rule (and vLLM) starts it at the video's maximum position + 1. They agree for a
@@ -49,9 +49,23 @@ def test_positions_follow_the_original_rule():
         mrope_positions(ids[:10], v, torch.tensor([[3, 4, 4]]), [0.5], 2, 2)
 
 
+def test_qwen2_vl_positions_count_temporal_patches():
+    """Qwen2-VL (no seconds per patch): the temporal index is the patch number; text resumes at max + 1."""
+    v = 9
+    ids = torch.tensor([1] + [v] * 12 + [3])
+    pos = mrope_positions(ids, v, torch.tensor([[3, 4, 4]]), None, 2, None)
+    assert pos[0, 1:13].tolist() == [1] * 4 + [2] * 4 + [3] * 4
+    assert pos[:, 13].tolist() == [4, 4, 4]
+
+
 @pytest.mark.slow
-def test_oracle_logits_equal_stock_vllm_for_long_clips(demo_model, tmp_path):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_oracle_logits_equal_stock_vllm_for_long_clips(request, family, tmp_path):
+    from transformers import AutoProcessor
+
+    from tests.helpers.oracle import hf_model
+
+    demo_model = request.getfixturevalue({"qwen2_5_vl": "demo_model", "qwen2_vl": "qwen2_vl_model"}[family])
 
     clips = {}
     for frames in (6, 8, 16):  # 2 fps -> 3, 4 and 8 temporal patches
@@ -64,7 +78,7 @@ def test_oracle_logits_equal_stock_vllm_for_long_clips(demo_model, tmp_path):
     assert len(results) == len(clips), out.stdout[-2000:] + out.stderr[-4000:]
 
     proc = AutoProcessor.from_pretrained(demo_model)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_model, dtype=torch.float32).eval()
+    model = hf_model(demo_model)
     chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
     text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     limits = VideoLimits()

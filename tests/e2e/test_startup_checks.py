@@ -50,6 +50,7 @@ def test_unsupported_model_serves_plain_and_refuses_vreason(text_server):
     assert err["code"] == "vreason_unavailable" and err["param"] == "vreason" and "Qwen2ForCausalLM" in err["message"]
     (model,) = httpx.get(f"{text_server.url}/v1/models").json()["data"]
     assert model["vreason"]["available"] is False and "Qwen2ForCausalLM" in model["vreason"]["unavailable"][0]
+    assert "adapter" not in model["vreason"]
     stats = text_server.stats()
-    assert stats["available"] is False and stats["slab_bytes"] == 0
+    assert stats["available"] is False and stats["slab_bytes"] == 0 and stats["adapter"] == ""
     assert "V-Reason is DISABLED on this server" in text_server.log.read_text()

@@ -159,7 +159,9 @@ def test_overridden_seams_are_called(client, server, url):
 
 def test_the_kv_layout_was_proven_at_start_up(server):
     """The worker proved layer L's cache layout on this machine before serving (layout_probe.py)."""
-    layout = server.stats()["kv_layout"]
+    stats = server.stats()
+    layout = stats["kv_layout"]
+    assert stats["adapter"] == "VReasonQwen2_5_VL"  # the model class serving Qwen2.5-VL
     assert layout["proven"] is True and layout["backend"] == "CPU_ATTN"
     assert layout["isa"] in ("vec", "vec16", "amx") and layout["max_error"] <= layout["tolerance"]
 

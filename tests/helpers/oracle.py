@@ -13,15 +13,24 @@ from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolv
 MAX_TOKENS = 32  # tokens generated in the oracle comparisons
 
 
+def hf_model(model_dir: Path):
+    """The checkpoint's HF transformers model (its config's architecture), fp32, eval."""
+    import transformers
+    from transformers import AutoConfig
+
+    (arch,) = AutoConfig.from_pretrained(model_dir).architectures
+    return getattr(transformers, arch).from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
 def oracle_inputs(demo_model: Path, media_dir: Path, prefill: str | None = None):
     """(processor, fp32 eager model, processor inputs, file URL) for QUESTION about the long clip,
     sampled with the server's defaults. The clip samples to 8 temporal patches, where the M-RoPE
-    positions after the video follow the original Qwen2.5-VL rule (see the reference's notes).
+    positions after the video follow the family's original rule (see the reference's notes).
     With `prefill`, the prompt ends with that assistant text, continued (continue_final_message)."""
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(demo_model)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_model, dtype=torch.float32).eval()
+    model = hf_model(demo_model)
     url = f"file://{media_dir / LONG_CLIP}"
     limits = VideoLimits()  # the server's defaults
     video = decode_video(resolve_video_url(url, allowed_local_media_path=str(media_dir), limits=limits),

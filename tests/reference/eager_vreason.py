@@ -5,10 +5,12 @@ the last layer's value projections at the video positions by the controlled valu
 Vn = normrestore(V0 + dV). dV is a leaf optimised with torch.optim.Adam through the whole
 model (only layer L depends on it). Greedy decoding, fp32.
 
-M-RoPE positions are built here by the original Qwen2.5-VL rule (`mrope_positions`) and passed
+M-RoPE positions are built here by the original rule of each family (`mrope_positions`:
+Qwen2.5-VL scales the temporal index by seconds per patch, Qwen2-VL counts patches) and passed
 to the model: transformers 5.19's `get_rope_index` starts the text after a video at
 `max(h, w) // merge` past the video's start, ignoring the temporal axis, which disagrees with
 the original rule (and vLLM) by whole nats once a video has 3 or more temporal patches.
+The model is any HF Qwen2-VL or Qwen2.5-VL model (`model.model.language_model` the decoder).
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ def _controlled(v0, delta, norm_restore):
 
 
 def mrope_positions(input_ids: torch.Tensor, video_token_id: int, video_grid_thw: torch.Tensor,
-                    second_per_grid_ts, spatial_merge_size: int, tokens_per_second: float) -> torch.Tensor:
-    """[3, L] (temporal, height, width) positions of one sequence, by the original Qwen2.5-VL rule.
+                    second_per_grid_ts, spatial_merge_size: int, tokens_per_second: float | None) -> torch.Tensor:
+    """[3, L] (temporal, height, width) positions of one sequence, by the original rule.
 
     Text tokens take the same position on all three axes, counting on from the previous token.
     The i-th run of video tokens, with llm grid (t, h, w) = (T, H / merge, W / merge), takes
-    (floor(k * second_per_grid_t * tokens_per_second), row, column) + s for its patch k,
-    where s is the position the run starts at; the text after it starts at the maximum
-    position of the run + 1 (not at s + max(h, w), as transformers 5.19 has it).
+    (temporal index of its patch k, row, column) + s, where s is the position the run starts
+    at; the text after it starts at the maximum position of the run + 1 (not at s + max(h, w),
+    as transformers 5.19 has it). The temporal index is floor(k * second_per_grid_t *
+    tokens_per_second) for Qwen2.5-VL and k for Qwen2-VL (`second_per_grid_ts` None).
     """
     ids = input_ids.tolist()
     grids = iter(video_grid_thw.tolist())
-    secs = iter(torch.as_tensor(second_per_grid_ts, dtype=torch.float64).tolist())
+    secs = iter(torch.as_tensor(second_per_grid_ts, dtype=torch.float64).tolist()
+                if second_per_grid_ts is not None else [])
     out, i, nxt = [], 0, 0
     while i < len(ids):
         if ids[i] != video_token_id:
@@ -49,7 +53,10 @@ def mrope_positions(input_ids: torch.Tensor, video_token_id: int, video_grid_thw
             continue
         t, h, w = next(grids)
         h, w = h // spatial_merge_size, w // spatial_merge_size
-        tt = (torch.arange(t, dtype=torch.float64) * next(secs) * tokens_per_second).long()
+        if second_per_grid_ts is None:
+            tt = torch.arange(t)
+        else:
+            tt = (torch.arange(t, dtype=torch.float64) * next(secs) * tokens_per_second).long()
         grid = torch.stack(torch.meshgrid(tt, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
         if ids[i:i + grid.shape[1]] != [video_token_id] * grid.shape[1]:
             raise ValueError(f"video run at {i} is not {grid.shape[1]} tokens long")
@@ -90,8 +97,9 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
     handle = attn.v_proj.register_forward_hook(hook)
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     cfg = model.config
-    prompt_pos = mrope_positions(ids[0], video_token_id, inputs["video_grid_thw"], inputs["second_per_grid_ts"],
-                                 cfg.vision_config.spatial_merge_size, cfg.vision_config.tokens_per_second)
+    prompt_pos = mrope_positions(ids[0], video_token_id, inputs["video_grid_thw"], inputs.get("second_per_grid_ts"),
+                                 cfg.vision_config.spatial_merge_size,
+                                 getattr(cfg.vision_config, "tokens_per_second", None))
 
     def logits_of(seq):
         kw = dict(extra)

@@ -56,9 +56,16 @@ def test_attention_and_aux_seams_exist():
     assert supports_eagle3(Qwen2_5_VLForConditionalGeneration)
     for name in ("set_aux_hidden_state_layers", "get_eagle3_default_aux_hidden_state_layers"):
         assert callable(getattr(SupportsEagle3, name)), name
-    from vreason.server.vllm_ext.model import VReasonQwen2_5_VL
+    from vreason.server.vllm_ext.model import VReasonModel, VReasonQwen2_VL
 
-    assert "get_eagle3_default_aux_hidden_state_layers" in vars(VReasonQwen2_5_VL)
+    assert "get_eagle3_default_aux_hidden_state_layers" in vars(VReasonModel)
+    # vLLM's Qwen2-VL class lacks the interface; our subclass declares it, and its language model
+    # (vLLM's Qwen2Model) is the EAGLE model mixin that emits the aux outputs
+    from vllm.model_executor.models.qwen2 import Qwen2Model
+    from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
+
+    assert not supports_eagle3(Qwen2VLForConditionalGeneration) and supports_eagle3(VReasonQwen2_VL)
+    assert "_set_aux_hidden_state_layers" in dir(Qwen2Model)
 
 
 def test_overlay_impl_delegates_and_counts():
@@ -92,11 +99,13 @@ def test_no_module_hooks_on_the_model():
 def test_plugin_registers_the_model():
     from vllm import ModelRegistry
 
-    from vreason.server.vllm_ext.plugin import ARCHITECTURE, register
+    from vreason.server.keys import ARCHITECTURES
+    from vreason.server.vllm_ext.plugin import register
 
     register()
-    cls = ModelRegistry._try_load_model_cls(ARCHITECTURE)
-    assert cls is not None and cls.__name__ == "VReasonQwen2_5_VL"
+    for architecture, name in ARCHITECTURES.items():
+        cls = ModelRegistry._try_load_model_cls(architecture)
+        assert cls is not None and cls.__name__ == name
 
 
 def test_full_cuda_graphs_become_piecewise_only_where_vreason_can_run():

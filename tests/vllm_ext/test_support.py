@@ -6,7 +6,7 @@ import pytest
 
 from vreason.server.engine.support import config_reasons
 from vreason.server.vllm_ext.support import model_reasons
-from vreason.server.keys import ARCHITECTURE
+from vreason.server.keys import ARCHITECTURES
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,13 @@ def test_other_architectures_are_refused(configs):
     model, parallel, cache = configs
     archs = model.hf_config.architectures
     try:
-        model.hf_config.architectures = ["Qwen2VLForConditionalGeneration"]
+        model.hf_config.architectures = ["Qwen3VLForConditionalGeneration"]
         (reason,) = config_reasons(model, parallel, cache)
+        model.hf_config.architectures = ["Qwen2VLForConditionalGeneration"]
+        assert config_reasons(model, parallel, cache) == ()
     finally:
         model.hf_config.architectures = archs
-    assert "Qwen2VLForConditionalGeneration" in reason and ARCHITECTURE in reason
+    assert "Qwen3VLForConditionalGeneration" in reason and all(a in reason for a in ARCHITECTURES)
 
 
 def test_model_reasons_backend_quantization_and_class():
