@@ -48,7 +48,7 @@ from .objective import SwitchState, entropy
 from .params import NORM_RESTORE
 from .slab import GATHER_MAX_VALUES
 from .state import ControllerState
-from .tail import TailWeights, tail_acts, tail_input_grad, tail_logits, head_logits
+from .tail import TailWeights, f32, head_logits, tail_acts, tail_input_grad, tail_logits
 
 
 # -- host <-> device without waiting -----------------------------------------------------------
@@ -271,7 +271,7 @@ def _adam(s: ControllerState, grad_vn: torch.Tensor) -> torch.Tensor:
                            norm_restore=s.params.norm_restore == "token")
     old = slab.vn[s.slot, :p]
     new = vn.view_as(old).to(old.dtype)
-    dvn = new.float() - old.float()
+    dvn = f32(new) - f32(old)
     old.copy_(new)
     return dvn
 
@@ -312,7 +312,7 @@ def _adam_gathered(ks: list[int], rows: list[ControllerState], upd: UpdateInputs
         vn = controller_update(delta, m, v, v0, grad * g_scale[:, None], step, lr,
                                norm_restore=states[0].params.norm_restore == "token")
         new = vn.to(slab.vn.dtype)
-        dvn = new.float() - flat(slab.vn).index_select(0, src).float()
+        dvn = f32(new) - f32(flat(slab.vn).index_select(0, src))
         change = torch.zeros(len(ks) * pm * n_head, d, dtype=torch.float32, device=device).index_copy_(0, dst, dvn)
         j = rows_index(ks, device)
         shift = group_apply_rows(upd.a[j, :, :pm], change.view(len(ks), pm, n_head, d), hkv)
@@ -371,7 +371,7 @@ def controller_step(rows: list[ControllerState], logits: torch.Tensor, upd: Upda
     for r in earlier:  # their copies were queued before the sync: reading them does not wait
         r.finish()
     report.advance()
-    o = upd.o.float().clone()
+    o = upd.o.to(torch.float32, copy=True)
     live, grad_of = [], {k: j for j, k in enumerate(ks)}
     for k, i in enumerate(upd.rows):
         if i in report.failed:

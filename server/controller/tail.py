@@ -77,6 +77,12 @@ def serving_tail(w: TailWeights, transposed: bool = True) -> TailWeights:
     return with_transposed(w) if transposed and wants_transposed(w) else w
 
 
+def f32(t: torch.Tensor) -> torch.Tensor:
+    """t as fp32: itself when it is fp32 already (a decode step's ops are dispatched one by one on
+    the host, so even a no-op cast costs one dispatch there)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
     """x @ w.T (transpose=True, a forward linear) or x @ w (an input gradient), fp32 result.
 
@@ -92,7 +98,7 @@ def mm32(x: torch.Tensor, w: torch.Tensor, transpose: bool) -> torch.Tensor:
       times; TailWeights.transposed avoids that).
     """
     if w.dtype == torch.float32:
-        return torch.mm(x.float(), w.t() if transpose else w)
+        return torch.mm(f32(x), w.t() if transpose else w)
     if w.is_cuda:
         return torch.mm(x.to(w.dtype), w.t() if transpose else w, out_dtype=torch.float32)
     if transpose:
@@ -119,16 +125,16 @@ def _rsqrt_ms(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def tail_acts(o: torch.Tensor, residual: torch.Tensor, w: TailWeights) -> TailActs:
     """The tail up to (not including) the final norm and lm_head. o: [R, Hq*D], residual: [R, hidden]."""
-    h_mid = residual.float() + mm32(o, w.o_proj, True)
+    h_mid = f32(residual) + mm32(o, w.o_proj, True)
     r1 = _rsqrt_ms(h_mid, w.eps)
-    gate, up = mm32(h_mid * r1 * w.post_norm.float(), w.gate_up, True).chunk(2, dim=-1)
+    gate, up = mm32(h_mid * r1 * f32(w.post_norm), w.gate_up, True).chunk(2, dim=-1)
     h_out = h_mid + mm32(F.silu(gate) * up, w.down, True)
     return TailActs(h_mid, r1, gate, up, h_out, _rsqrt_ms(h_out, w.eps))
 
 
 def head_logits(acts: TailActs, w: TailWeights) -> torch.Tensor:
     """Final RMSNorm and lm_head: fp32 logits [R, vocab]."""
-    return mm32(acts.h_out * acts.r2 * w.final_norm.float(), w.lm_head, True)
+    return mm32(acts.h_out * acts.r2 * f32(w.final_norm), w.lm_head, True)
 
 
 def tail_logits(o: torch.Tensor, residual: torch.Tensor, w: TailWeights) -> torch.Tensor:
@@ -139,7 +145,7 @@ def tail_logits(o: torch.Tensor, residual: torch.Tensor, w: TailWeights) -> torc
 def _rms_norm_backward(g_y: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
                        weight: torch.Tensor) -> torch.Tensor:
     """y = x * r * weight with r = rsqrt(mean(x^2) + eps): dL/dx from dL/dy."""
-    u = g_y * weight.float()
+    u = g_y * f32(weight)
     return r * u - x * (r.pow(3) * (u * x).mean(-1, keepdim=True))
 
 

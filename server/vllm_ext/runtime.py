@@ -32,6 +32,7 @@ import torch
 from vreason.server.controller import (ControllerSlab, ControllerState, TailWeights, UpdateInputs, VReasonParams,
                                        controller_step, tail_logits)
 from vreason.server.controller.step import StepReport, rows_index, take, to_device
+from vreason.server.controller.tail import f32
 from vreason.server.keys import EXTRA_ARGS_KEY
 from vreason.server.messages import FAILED, NO_SLOT, WorkerStats
 
@@ -285,7 +286,7 @@ class VReasonRuntime:
         rows = [r.controller for _, r in self.rows]
         batch_rows = [i for i, _ in self.rows]
         # a view of vLLM's fp32 logits when the rows are consecutive: the write-back below is then a no-op
-        logits = take(all_logits, batch_rows).float()
+        logits = f32(take(all_logits, batch_rows))
         upd = None
         updating = [k for k, s in enumerate(rows) if s.updates_at_next_step()]
         if updating:
@@ -294,7 +295,7 @@ class VReasonRuntime:
             self.calls["aux_hidden_states"] += 1
             where = {id(s): j for j, s in enumerate(plan.attend_states)}
             j = rows_index([where[id(rows[k])] for k in updating], result.o.device)
-            residual = aux_hidden_states[0][result.last[j]].float()
+            residual = f32(aux_hidden_states[0][result.last[j]])
             upd = UpdateInputs(updating, result.o[j], result.a[j], residual)
             if self.check:
                 self._check_tail(rows, updating, upd, logits)
