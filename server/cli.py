@@ -15,6 +15,9 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from vreason.server.checkpoints.demo import ARCHITECTURES as DEMO_ARCHITECTURES
+from vreason.server.checkpoints.demo import DEFAULT_ARCHITECTURE
+
 logger = logging.getLogger("vreason")
 
 
@@ -261,10 +264,10 @@ def serve_dtype(flag: str | None, model: str) -> str:
 
 
 def make_demo_model(args) -> int:
-    from vreason.server.checkpoints.demo import ARCHITECTURES, build_demo_model, ensure_demo_model
+    from vreason.server.checkpoints.demo import build_demo_model, ensure_demo_model
     from vreason.server.checkpoints.smollm2 import LIMITS, ensure_smollm2_model
 
-    if args.language == "smollm2" and args.architecture != "qwen2_5_vl":
+    if args.language == "smollm2" and args.architecture != DEFAULT_ARCHITECTURE:
         print("error: --language smollm2 builds a Qwen2.5-VL checkpoint only (leave --architecture out)",
               file=sys.stderr)
         return 2
@@ -275,7 +278,7 @@ def make_demo_model(args) -> int:
         arch = args.architecture
         out = (build_demo_model(args.dir, seed=args.seed, architecture=arch) if args.dir
                else ensure_demo_model(default_cache_dir(), args.seed, architecture=arch))
-        print(f"wrote the tiny random {ARCHITECTURES[arch]} demo model to {out}")
+        print(f"wrote the tiny random {DEMO_ARCHITECTURES[arch]} demo model to {out}")
     return 0
 
 
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="random: tiny random model (tests); smollm2: SmolLM2-135M-Instruct as the language "
                         "model (the `serve` default), random vision encoder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--architecture", choices=["qwen2_5_vl", "qwen2_vl"], default="qwen2_5_vl",
+    p.add_argument("--architecture", choices=list(DEMO_ARCHITECTURES), default=DEFAULT_ARCHITECTURE,
                    help="random: the family of the tiny model (Qwen2.5-VL or Qwen2-VL)")
     p.set_defaults(func=make_demo_model)
     _register_client_commands(sub)

@@ -36,6 +36,19 @@ def test_make_demo_model(tmp_path):
     assert (tmp_path / "m" / "vreason_demo_model.json").is_file()
 
 
+def test_make_demo_model_of_another_family(tmp_path):
+    import json
+
+    r = subprocess.run([VREASON, "make-demo-model", str(tmp_path / "q2"), "--architecture", "qwen2_vl"],
+                       check=True, capture_output=True, text=True)
+    assert "Qwen2-VL" in r.stdout
+    config = json.loads((tmp_path / "q2" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2VLForConditionalGeneration"]
+    r = subprocess.run([VREASON, "make-demo-model", "--language", "smollm2", "--architecture", "qwen2_vl"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Qwen2.5-VL checkpoint only" in r.stderr
+
+
 def test_bad_option_exits_cleanly():
     r = subprocess.run([VREASON, "serve", "--vreason-lr", "-1"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid option" in r.stderr and "Traceback" not in r.stderr

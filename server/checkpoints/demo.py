@@ -163,9 +163,10 @@ QWEN2_VL_VISION_CONFIG = dict(
 
 ARCHITECTURES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL"}
 """The demo model's architectures (`build_demo_model`): key -> family name."""
+DEFAULT_ARCHITECTURE = "qwen2_5_vl"
 
 
-def build_processor(tok, chat_template: str, architecture: str = "qwen2_5_vl"):
+def build_processor(tok, chat_template: str, architecture: str = DEFAULT_ARCHITECTURE):
     """The family's processor with the demo's small image/video sizes (112x112 video frames)."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
@@ -181,7 +182,7 @@ def build_processor(tok, chat_template: str, architecture: str = "qwen2_5_vl"):
 
 
 def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = None,
-                     architecture: str = "qwen2_5_vl") -> Path:
+                     architecture: str = DEFAULT_ARCHITECTURE) -> Path:
     """Write the tiny random checkpoint of `architecture` (a key of ARCHITECTURES) to `out_dir`
     and return its path. Both families share the tokenizer, chat template, text widths and the
     re-drawn language-model weights; each has its own small random vision tower.
@@ -244,7 +245,7 @@ def is_demo_model(path: str | Path) -> bool:
 
 
 def ensure_demo_model(cache_dir: str | Path, seed: int = 0, script: str | None = None,
-                      architecture: str = "qwen2_5_vl") -> Path:
+                      architecture: str = DEFAULT_ARCHITECTURE) -> Path:
     """Build the demo model into `cache_dir/demo-<architecture>-v{N}...` once; reuse it afterwards."""
     kind = "" if script is None else "-scripted"
     name = architecture.replace("_vl", "-vl")
