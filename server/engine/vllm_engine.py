@@ -54,8 +54,8 @@ class VllmEngine:
         self._defaults: dict = {}  # the model's sampling defaults (vLLM's get_diff_sampling_param)
         self._tokenizer = None
         self.vreason_unavailable: tuple[str, ...] = ()
-        self.vreason_adapter = ""  # the worker's V-Reason model class (WorkerStats.adapter)
         """Why V-Reason cannot run on this deployment (empty: it can)."""
+        self.vreason_adapter = ""  # the worker's V-Reason model class (WorkerStats.adapter)
         self._slots = SlotBudget(cfg.vreason_slots, cfg.vreason_positions, cfg.max_num_seqs, cfg.data_parallel_size)
         self._children: dict[str, list[str]] = {}  # our request id -> its engine requests (controlled)
 
