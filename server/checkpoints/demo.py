@@ -180,12 +180,17 @@ def build_processor(tok, chat_template: str, architecture: str = DEFAULT_ARCHITE
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    if architecture == "qwen3_vl":  # 16-pixel patches; the video's pixel budget covers all its frames
+    if architecture == "qwen3_vl":
+        # 16-pixel patches; the video's pixel budget covers all its frames. Pixels are normalised
+        # to [-1, 1] for images and videos alike, as in Qwen3-VL's own processor configs: vLLM
+        # normalises video pixels inside the model with the image processor's mean and std.
+        norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
         img_proc = Qwen2VLImageProcessor(size={"shortest_edge": 64 * 64, "longest_edge": 256 * 256},
-                                         patch_size=16, temporal_patch_size=2, merge_size=2)
+                                         patch_size=16, temporal_patch_size=2, merge_size=2, **norm)
         vid_proc = Qwen3VLVideoProcessor(size={"shortest_edge": 64 * 64, "longest_edge": 16 * 128 * 128},
                                          patch_size=16, temporal_patch_size=2, merge_size=2, min_frames=2,
-                                         max_frames=64, fps=2.0, do_sample_frames=False, cap_pixels_per_frame=False)
+                                         max_frames=64, fps=2.0, do_sample_frames=False, cap_pixels_per_frame=False,
+                                         **norm)
         return Qwen3VLProcessor(image_processor=img_proc, tokenizer=tok, video_processor=vid_proc,
                                 chat_template=chat_template)
 
