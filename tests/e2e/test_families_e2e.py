@@ -125,3 +125,5 @@ def test_vreason_trace_and_tokens_equal_the_eager_oracle(family, family_server, 
         assert mine["ema"] == pytest.approx(ref["ema"], abs=1e-3), t
         assert (mine["alpha"], mine["updated"]) == (ref["alpha"], ref["updated"]), t
     assert tr["updates"] == sum(r["updated"] for r in rows) > 0
+    worst = max(abs(mine["entropy"] - ref["entropy"]) for mine, ref in zip(steps, rows))
+    print(f"{family[0]} {knobs}: max |entropy - oracle| over {len(rows)} steps: {worst:.3g}")
