@@ -1,4 +1,4 @@
-"""The embedded demo models: deterministic tiny random Qwen2.5-VL (the default) and Qwen2-VL checkpoints.
+"""The embedded demo models: deterministic tiny random Qwen2.5-VL (the default), Qwen2-VL and Qwen3-VL checkpoints.
 
 `build_demo_model(out_dir)` writes real (seeded) weights in safetensors, a byte-level BPE
 tokenizer trained locally on a built-in corpus with the Qwen special tokens, the Qwen2.5-VL chat
