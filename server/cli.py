@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_serve_args(p)
     p.set_defaults(func=serve)
-    p = sub.add_parser("make-demo-model", help="write an embedded demo checkpoint (Qwen2.5-VL or Qwen2-VL)")
+    p = sub.add_parser("make-demo-model", help="write an embedded demo checkpoint (Qwen2.5-VL, Qwen2-VL or Qwen3-VL)")
     p.add_argument("dir", nargs="?", default=None,
                    help="random: the checkpoint folder; smollm2: the cache folder it goes under "
                         "(default: the cache, $VREASON_CACHE or ~/.cache/vreason, where `serve` finds it)")
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                         "model (the `serve` default), random vision encoder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--architecture", choices=list(DEMO_ARCHITECTURES), default=DEFAULT_ARCHITECTURE,
-                   help="random: the family of the tiny model (Qwen2.5-VL or Qwen2-VL)")
+                   help="random: the family of the tiny model (Qwen2.5-VL, Qwen2-VL or Qwen3-VL)")
     p.set_defaults(func=make_demo_model)
     _register_client_commands(sub)
     args = parser.parse_args(argv)

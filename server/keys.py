@@ -9,6 +9,7 @@ from __future__ import annotations
 ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": "VReasonQwen2_5_VL",
     "Qwen2VLForConditionalGeneration": "VReasonQwen2_VL",
+    "Qwen3VLForConditionalGeneration": "VReasonQwen3_VL",
 }
 """The Hugging Face architectures V-Reason serves -> the V-Reason model class the plugin
 registers for each (in server/vllm_ext/model.py)."""

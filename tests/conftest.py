@@ -30,6 +30,15 @@ def qwen2_vl_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen3_vl_model(tmp_path_factory) -> Path:
+    """The tiny random Qwen3-VL dense checkpoint (same tokenizer and text widths as the demo model)."""
+    from vreason.server.checkpoints.demo import ensure_demo_model
+
+    cache = os.environ.get("VREASON_CACHE")
+    return ensure_demo_model(Path(cache) if cache else tmp_path_factory.mktemp("cache"), architecture="qwen3_vl")
+
+
+@pytest.fixture(scope="session")
 def smollm2_model(tmp_path_factory) -> Path:
     """The served default (SmolLM2 grafted into Qwen2.5-VL): slow to build, for its own tests only."""
     from vreason.server.checkpoints.smollm2 import ensure_smollm2_model

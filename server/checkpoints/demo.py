@@ -1,4 +1,4 @@
-"""The embedded demo models: deterministic tiny random Qwen2.5-VL (the default) and Qwen2-VL checkpoints.
+"""The embedded demo models: deterministic tiny random Qwen2.5-VL (the default), Qwen2-VL and Qwen3-VL checkpoints.
 
 `build_demo_model(out_dir)` writes real (seeded) weights in safetensors, a byte-level BPE
 tokenizer trained locally on a built-in corpus with the Qwen special tokens, the Qwen2.5-VL chat
@@ -161,16 +161,38 @@ QWEN2_VL_VISION_CONFIG = dict(
 )
 """The small random Qwen2-VL vision tower (hidden_size is the language model's hidden size)."""
 
-ARCHITECTURES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL"}
+QWEN3_VL_VISION_CONFIG = dict(
+    depth=2, hidden_size=64, intermediate_size=128, num_heads=2, in_channels=3, patch_size=16, spatial_merge_size=2,
+    temporal_patch_size=2, num_position_embeddings=256, deepstack_visual_indexes=[0],
+)
+"""The small random Qwen3-VL vision tower (out_hidden_size is the language model's hidden size;
+DeepStack adds the features of its first block to the language model's first layer)."""
+
+ARCHITECTURES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL", "qwen3_vl": "Qwen3-VL"}
 """The demo model's architectures (`build_demo_model`): key -> family name."""
 DEFAULT_ARCHITECTURE = "qwen2_5_vl"
 
 
 def build_processor(tok, chat_template: str, architecture: str = DEFAULT_ARCHITECTURE):
     """The family's processor with the demo's small image/video sizes (112x112 video frames)."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    if architecture == "qwen3_vl":
+        # 16-pixel patches; the video's pixel budget covers all its frames. Pixels are normalised
+        # to [-1, 1] for images and videos alike, as in Qwen3-VL's own processor configs: vLLM
+        # normalises video pixels inside the model with the image processor's mean and std.
+        norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+        img_proc = Qwen2VLImageProcessor(size={"shortest_edge": 64 * 64, "longest_edge": 256 * 256},
+                                         patch_size=16, temporal_patch_size=2, merge_size=2, **norm)
+        vid_proc = Qwen3VLVideoProcessor(size={"shortest_edge": 64 * 64, "longest_edge": 16 * 128 * 128},
+                                         patch_size=16, temporal_patch_size=2, merge_size=2, min_frames=2,
+                                         max_frames=64, fps=2.0, do_sample_frames=False, cap_pixels_per_frame=False,
+                                         **norm)
+        return Qwen3VLProcessor(image_processor=img_proc, tokenizer=tok, video_processor=vid_proc,
+                                chat_template=chat_template)
 
     img_proc = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224},
                                      patch_size=14, temporal_patch_size=2, merge_size=2)
@@ -192,7 +214,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
     """
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                              Qwen2VLForConditionalGeneration)
+                              Qwen2VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration)
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown demo architecture {architecture!r}: one of {', '.join(ARCHITECTURES)}")
@@ -203,9 +225,16 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
     vocab = len(tok)
 
     processor = build_processor(tok, CHAT_TEMPLATE, architecture)
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}
+    text_extra = {}
     if architecture == "qwen2_vl":
         config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
         vision = {**QWEN2_VL_VISION_CONFIG, "hidden_size": 128}
+    elif architecture == "qwen3_vl":
+        config_cls, model_cls = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        vision = {**QWEN3_VL_VISION_CONFIG, "out_hidden_size": 128}
+        rope["mrope_interleaved"] = True
+        text_extra = {"head_dim": 32}
     else:
         config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
         vision = {**VISION_CONFIG, "out_hidden_size": 128}
@@ -214,8 +243,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0, script: str | None = No
             vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
             rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                             "mrope_section": [4, 6, 6]},
+            rope_parameters=rope, **text_extra,
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"], dtype=DEMO_DTYPE,
         ),

@@ -12,17 +12,11 @@ from .types import EngineClientError, GenerateRequest, RequestFailed
 
 
 def video_tokens(video_processor, frames) -> int:
-    """Video placeholder tokens vLLM's Qwen2-VL / Qwen2.5-VL processor makes of these frames [T, H, W, C]:
-    frames resized to multiples of patch x merge within the processor's pixel bounds, padded to
-    whole temporal patches, merge x merge patches per token."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    vp = video_processor
+    """Video placeholder tokens the model's HF video processor (the one vLLM runs) makes of these
+    frames [T, H, W, C]: its own patch count for the frame count and size (each family resizes by
+    its own rule: Qwen3-VL's pixel budget covers the whole video), merge x merge patches per token."""
     t, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
-    rh, rw = smart_resize(h, w, factor=vp.patch_size * vp.merge_size, min_pixels=vp.size["shortest_edge"],
-                          max_pixels=vp.size["longest_edge"])
-    grid_t = max((t + (-t % vp.temporal_patch_size)) // vp.temporal_patch_size, 1)
-    return grid_t * (rh // vp.patch_size) * (rw // vp.patch_size) // vp.merge_size ** 2
+    return video_processor.get_num_of_video_patches(t, h, w, {}) // video_processor.merge_size ** 2
 
 
 class SlotBudget:

@@ -4,7 +4,7 @@ Each wraps its last layer's attention impl (the overlay) and asks for the residu
 entering that layer through vLLM's auxiliary hidden-state outputs (the EAGLE3 mechanism). What
 differs between families is only what vLLM's class lacks: Qwen2-VL's does not declare
 `SupportsEagle3`, so its subclass does (its language model, vLLM's Qwen2Model, already emits the
-aux outputs). The plugin (plugin.py) registers each class for its Hugging Face architecture.
+aux outputs). Qwen3-VL's class has all of it. The plugin (plugin.py) registers each class for its Hugging Face architecture.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import SupportsEagle3
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 from vreason.server.controller import TailWeights
 
@@ -20,8 +21,9 @@ from .overlay import LayerOverlay, OverlayImpl
 
 
 class VReasonModel:
-    """Mixed in front of a Qwen-VL class whose language model is a Qwen2 decoder: same weights,
-    same outputs while no plan is posted; plus plain weights for its tail."""
+    """Mixed in front of a Qwen-VL class whose language model is a Qwen2 or Qwen3 decoder (layer
+    L: grouped-query attention, x * w RMSNorms, a SwiGLU MLP, no output gate): same weights, same
+    outputs while no plan is posted; plus plain weights for its tail."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -67,3 +69,9 @@ class VReasonQwen2_5_VL(VReasonModel, Qwen2_5_VLForConditionalGeneration):
 class VReasonQwen2_VL(VReasonModel, Qwen2VLForConditionalGeneration, SupportsEagle3):
     """Qwen2-VL (`Qwen2VLForConditionalGeneration`); declares the aux-output interface vLLM's
     class leaves out."""
+
+
+class VReasonQwen3_VL(VReasonModel, Qwen3VLForConditionalGeneration):
+    """Qwen3-VL dense (`Qwen3VLForConditionalGeneration`). Its q/k RMSNorms act before layer L's
+    attention (the overlay gets the normed, rotated query), and DeepStack adds visual features
+    only after the first layers, which the aux residual entering layer L already includes."""

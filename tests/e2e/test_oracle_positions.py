@@ -59,13 +59,14 @@ def test_qwen2_vl_positions_count_temporal_patches():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
 def test_oracle_logits_equal_stock_vllm_for_long_clips(request, family, tmp_path):
     from transformers import AutoProcessor
 
     from tests.helpers.oracle import hf_model
 
-    demo_model = request.getfixturevalue({"qwen2_5_vl": "demo_model", "qwen2_vl": "qwen2_vl_model"}[family])
+    demo_model = request.getfixturevalue({"qwen2_5_vl": "demo_model", "qwen2_vl": "qwen2_vl_model",
+                                          "qwen3_vl": "qwen3_vl_model"}[family])
 
     clips = {}
     for frames in (6, 8, 16):  # 2 fps -> 3, 4 and 8 temporal patches

@@ -6,11 +6,12 @@ Vn = normrestore(V0 + dV). dV is a leaf optimised with torch.optim.Adam through 
 model (only layer L depends on it). Greedy decoding, fp32.
 
 M-RoPE positions are built here by the original rule of each family (`mrope_positions`:
-Qwen2.5-VL scales the temporal index by seconds per patch, Qwen2-VL counts patches) and passed
+Qwen2.5-VL scales the temporal index by seconds per patch, Qwen2-VL counts patches, Qwen3-VL
+gives each temporal patch its own run of temporal index 0 after its timestamp text) and passed
 to the model: transformers 5.19's `get_rope_index` starts the text after a video at
 `max(h, w) // merge` past the video's start, ignoring the temporal axis, which disagrees with
 the original rule (and vLLM) by whole nats once a video has 3 or more temporal patches.
-The model is any HF Qwen2-VL or Qwen2.5-VL model (`model.model.language_model` the decoder).
+The model is any HF Qwen2-VL, Qwen2.5-VL or Qwen3-VL model (`model.model.language_model` the decoder).
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
     handle = attn.v_proj.register_forward_hook(hook)
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     cfg = model.config
-    prompt_pos = mrope_positions(ids[0], video_token_id, inputs["video_grid_thw"], inputs.get("second_per_grid_ts"),
+    grids = inputs["video_grid_thw"]
+    if cfg.model_type == "qwen3_vl":  # one run per temporal patch, each after its timestamp text
+        grids = torch.repeat_interleave(grids, grids[:, 0], dim=0)
+        grids[:, 0] = 1
+    prompt_pos = mrope_positions(ids[0], video_token_id, grids, inputs.get("second_per_grid_ts"),
                                  cfg.vision_config.spatial_merge_size,
                                  getattr(cfg.vision_config, "tokens_per_second", None))
 

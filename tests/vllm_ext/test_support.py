@@ -54,13 +54,13 @@ def test_other_architectures_are_refused(configs):
     model, parallel, cache = configs
     archs = model.hf_config.architectures
     try:
-        model.hf_config.architectures = ["Qwen3VLForConditionalGeneration"]
+        model.hf_config.architectures = ["Qwen3_5ForConditionalGeneration"]
         (reason,) = config_reasons(model, parallel, cache)
         model.hf_config.architectures = ["Qwen2VLForConditionalGeneration"]
         assert config_reasons(model, parallel, cache) == ()
     finally:
         model.hf_config.architectures = archs
-    assert "Qwen3VLForConditionalGeneration" in reason and all(a in reason for a in ARCHITECTURES)
+    assert "Qwen3_5ForConditionalGeneration" in reason and all(a in reason for a in ARCHITECTURES)
 
 
 def test_model_reasons_backend_quantization_and_class():
