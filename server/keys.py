@@ -14,6 +14,20 @@ ARCHITECTURES = {
 """The Hugging Face architectures V-Reason serves -> the V-Reason model class the plugin
 registers for each (in server/vllm_ext/model.py)."""
 
+UNSUPPORTED_ARCHITECTURES = {
+    "Qwen3VLMoeForConditionalGeneration":
+        "its last layer's MLP is routed (top-k of many experts) and the differentiable tail has a dense "
+        "SwiGLU MLP only",
+    "Qwen3_5ForConditionalGeneration":
+        "its last full-attention layer gates the attention output (attn * sigmoid(gate)) and uses (1 + w) "
+        "RMSNorms, which the differentiable tail does not model yet",
+    "Qwen3_5MoeForConditionalGeneration":
+        "its last full-attention layer gates the attention output and its MLP is routed (top-k experts plus a "
+        "shared expert), neither of which the differentiable tail models yet",
+}
+"""Architectures users ask for whose layer L the tail cannot differentiate yet -> why (said in the
+start-up refusal, /vreason/stats and the 400 `vreason_unavailable`); plain requests are served."""
+
 # Environment names, read where each process starts.
 CHECK_ENV = "VREASON_CHECK_OVERLAY"
 """Set to 1 to compare the overlay and the tail with vLLM's own outputs while dV == 0 (tests)."""

@@ -10,7 +10,7 @@ to start).
 
 from __future__ import annotations
 
-from vreason.server.keys import ARCHITECTURES
+from vreason.server.keys import ARCHITECTURES, UNSUPPORTED_ARCHITECTURES
 
 
 def config_reasons(model_config, parallel_config, cache_config, speculative_config=None,
@@ -39,7 +39,8 @@ def config_reasons(model_config, parallel_config, cache_config, speculative_conf
         reasons.append("LoRA (--enable-lora): the differentiable tail does not apply adapters")
     archs = tuple(getattr(model_config.hf_config, "architectures", None) or ())
     if not set(archs) & set(ARCHITECTURES):
-        reasons.append(f"architecture {', '.join(archs) or 'unknown'}: V-Reason supports "
+        known = [f" ({UNSUPPORTED_ARCHITECTURES[a]})" for a in archs if a in UNSUPPORTED_ARCHITECTURES]
+        reasons.append(f"architecture {', '.join(archs) or 'unknown'}{''.join(known)}: V-Reason supports "
                        f"{', '.join(ARCHITECTURES)} only")
     return tuple(reasons)
 

@@ -6,7 +6,7 @@ import pytest
 
 from vreason.server.engine.support import config_reasons
 from vreason.server.vllm_ext.support import model_reasons
-from vreason.server.keys import ARCHITECTURES
+from vreason.server.keys import ARCHITECTURES, UNSUPPORTED_ARCHITECTURES
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +50,22 @@ def test_kv_dtype_lora_and_speculative_decoding_are_refused(configs):
     assert "speculative decoding (ngram)" in reason and "--speculative-config" in reason
 
 
-def test_other_architectures_are_refused(configs):
+@pytest.mark.parametrize("arch", [*UNSUPPORTED_ARCHITECTURES, "LlavaOnevisionForConditionalGeneration"])
+def test_other_architectures_are_refused(configs, arch):
     model, parallel, cache = configs
     archs = model.hf_config.architectures
     try:
-        model.hf_config.architectures = ["Qwen3_5ForConditionalGeneration"]
+        model.hf_config.architectures = [arch]
         (reason,) = config_reasons(model, parallel, cache)
         model.hf_config.architectures = ["Qwen2VLForConditionalGeneration"]
         assert config_reasons(model, parallel, cache) == ()
     finally:
         model.hf_config.architectures = archs
-    assert "Qwen3_5ForConditionalGeneration" in reason and all(a in reason for a in ARCHITECTURES)
+    assert arch in reason and all(a in reason for a in ARCHITECTURES)
+    # The architectures users ask for most say what the tail lacks (the MoE ones: the routed MLP).
+    if arch in UNSUPPORTED_ARCHITECTURES:
+        assert UNSUPPORTED_ARCHITECTURES[arch] in reason
+        assert ("routed" in reason) == ("Moe" in arch)
 
 
 def test_model_reasons_backend_quantization_and_class():
