@@ -48,6 +48,14 @@ def attention_tolerance(dtype: torch.dtype, value_scale: float) -> float:
     return 8 * unit * value_scale
 
 
+def _amx_granted() -> bool:
+    """Ask Linux for the AMX tile state of this process (idempotent). Linux gives it only on
+    request; oneDNN asks on its first AMX matmul, vLLM's CPU attention kernel does not. The probe
+    runs that kernel at KV-cache set-up, before any matmul of an eager start-up, where it would
+    otherwise die of SIGILL (seen on Xeon with AMX, bf16, --enforce-eager)."""
+    return bool(torch.cpu._init_amx())
+
+
 def probe_layout(layer, impl, build_metadata, kv_shape, dtype: torch.dtype, device: torch.device,
                  num_heads: int, scale: float, split=split_kv) -> LayoutReport:
     """Check the reader `split` on scratch blocks written by `impl` (never the serving cache).
@@ -63,6 +71,9 @@ def probe_layout(layer, impl, build_metadata, kv_shape, dtype: torch.dtype, devi
     def report(packing=None, err=None, tol=None, reason=None):
         return LayoutReport(backend, isa, packing, err, tol, reason)
 
+    if isa == "amx" and not _amx_granted():
+        return report(reason="ISA amx: the kernel did not grant this process the AMX tile state "
+                             "(arch_prctl ARCH_REQ_XCOMP_PERM); vLLM's AMX attention cannot run here")
     try:
         _, hkv, n, two_d = kv_shape
         d = two_d // 2

@@ -75,36 +75,40 @@ BF16_KNOBS = [{"update_every": 1, "steps": 1, "lr": 0.1}, {"update_every": 2, "s
 
 @pytest.mark.parametrize("knobs", BF16_KNOBS, ids=["every1-now", "every2-steps2-next"])
 def test_bf16_trace_follows_the_eager_reference(bf16_server, hf, knobs):
-    """The bf16 server's trace against the eager oracle run greedily with its weights rounded to
-    bf16 (fp32 math), over the tokens both produce alike. vLLM computes every activation in bf16,
-    so the bound is in bf16 terms (0.2 nats; seen: 0.10), the update schedule must be the same, and
-    the oracle without the controller must sit further from the trace than the oracle with it."""
+    """The bf16 server's trace against the eager oracle with its weights rounded to bf16 (fp32
+    math), teacher-forced along the server's own tokens: greedy decoding of a random model meets
+    near-ties where bf16 and fp32 pick different tokens (on AMX machines after 8 tokens, elsewhere
+    after 16 or more), so a free-running oracle would compare different texts. vLLM computes every
+    activation in bf16, so the bound is in bf16 terms (0.2 nats; seen: 0.10 on AVX-512, AMX in
+    the closing note), the update schedule must be the same, and the oracle without the controller
+    (same tokens) must sit further from the trace than the oracle with it."""
     from tests.helpers.messages import QUESTION, video_messages
     from tests.helpers.oracle import MAX_TOKENS
     from tests.reference.eager_vreason import eager_generate
     from vreason.server.controller import VReasonParams
 
     proc, model, inputs, url = hf
-    body = {"model": bf16_server.model, "temperature": 0, "max_tokens": MAX_TOKENS,
+    body = {"model": bf16_server.model, "temperature": 0, "max_tokens": MAX_TOKENS, "return_token_ids": True,
             "messages": video_messages(url, QUESTION), "vreason": {**knobs, "trace": True}}
     r = httpx.post(f"{bf16_server.url}/v1/chat/completions", json=body, timeout=600)
     assert r.status_code == 200, r.text
-    steps, text = r.json()["vreason"]["steps"], r.json()["choices"][0]["message"]["content"]
+    steps, tokens = r.json()["vreason"]["steps"], r.json()["choices"][0]["token_ids"]
+    assert len(steps) == len(tokens) >= 16
     fp32 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.to(torch.bfloat16).float())
-        args = (model, inputs, model.config.video_token_id, model.config.text_config.eos_token_id, MAX_TOKENS)
-        tokens, ref = eager_generate(*args, VReasonParams.from_dict(knobs))
-        same = next((k for k in range(len(tokens), 0, -1)  # tokens the server produced alike
-                     if text.startswith(proc.tokenizer.decode(tokens[:k], skip_special_tokens=True))), 0)
-        _, plain = eager_generate(*args, None, forced=tokens[:same])
+        args = (model, inputs, model.config.video_token_id, model.config.text_config.eos_token_id, len(tokens))
+        _, ref = eager_generate(*args, VReasonParams.from_dict(knobs), forced=tokens)
+        _, plain = eager_generate(*args, None, forced=tokens)
     finally:
         model.load_state_dict(fp32)
-    assert same >= 16, (same, text, proc.tokenizer.decode(tokens, skip_special_tokens=True))
-    err = max(abs(m["entropy"] - o["entropy"]) for m, o in zip(steps[:same], ref))
-    off = max(abs(m["entropy"] - o["entropy"]) for m, o in zip(steps[:same], plain))
-    assert [s["updated"] for s in steps[:same]] == [o["updated"] for o in ref[:same]]
+    assert len(ref) == len(plain) == len(steps)
+    err = max(abs(m["entropy"] - o["entropy"]) for m, o in zip(steps, ref))
+    off = max(abs(m["entropy"] - o["entropy"]) for m, o in zip(steps, plain))
+    print(f"bf16 {knobs}: max |entropy - oracle| over {len(steps)} steps: {err:.3g} (oracle without the "
+          f"controller: {off:.3g})")
+    assert [s["updated"] for s in steps] == [o["updated"] for o in ref]
     assert err < 0.2, err
     assert off > err, (off, err)

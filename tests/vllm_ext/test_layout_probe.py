@@ -66,11 +66,20 @@ def test_a_reader_that_misreads_is_refused_at_read_back(demo_model):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_reader_whose_blocks_are_wrong_is_refused_by_the_attention_check(demo_model, monkeypatch, dtype):
-    """Read-back right, whole blocks wrong (heads swapped), as a bug in an unpacking reader would be."""
+    """Read-back right, whole blocks wrong (heads swapped), as a bug in an unpacking reader would be.
+    Every layout is sent down the unpacking path (a strided one read by plain indexing), whose
+    blocks come back with their heads swapped; the packed `amx` layout (bf16 on AMX CPUs) keeps its
+    own token and block readers under the swap."""
+    tokens, blocks = paged_cache.PagedKV.tokens, paged_cache.PagedKV.blocks
+
+    def strided_tokens(self, part, row, pos):
+        return getattr(self, part)[row.long()[pos // self.block_size], :, pos % self.block_size].transpose(0, 1)
+
     monkeypatch.setattr(paged_cache.PagedKV, "strided", property(lambda self: False))
-    monkeypatch.setattr(paged_cache.PagedKV, "tokens", lambda self, part, row, pos:
-                        getattr(self, part)[row.long()[pos // self.block_size], :, pos % self.block_size].transpose(0, 1))
-    monkeypatch.setattr(paged_cache.PagedKV, "blocks", lambda self, part, ids: getattr(self, part)[ids.long()].flip(-3))
+    monkeypatch.setattr(paged_cache.PagedKV, "tokens", lambda self, part, row, pos: (
+        strided_tokens if self.packing == "strided" else tokens)(self, part, row, pos))
+    monkeypatch.setattr(paged_cache.PagedKV, "blocks", lambda self, part, ids: (
+        getattr(self, part)[ids.long()] if self.packing == "strided" else blocks(self, part, ids)).flip(-3))
     report = _probe(demo_model, dtype)
     assert report.reason is not None and "attention" in report.reason, report
     assert report.max_error > 4 * report.tolerance  # a misread is far outside the bound
