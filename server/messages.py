@@ -73,6 +73,7 @@ class WorkerStats:
     kv_layout: dict | None = None  # what the start-up layout probe proved
     active_slots: int = 0
     controller_bytes: int = 0  # slab bytes the active controllers use
+    active: dict[str, int] = field(default_factory=dict)  # request id (choice > 0: id/choice) -> its bytes
     slab_bytes: int = 0
     slab_slots: int = 0
     slab_free_slots: int = 0

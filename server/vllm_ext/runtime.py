@@ -334,7 +334,8 @@ class VReasonRuntime:
         """The worker's V-Reason state; with `drain_step_seconds` (the metrics' scrape) the step
         durations gathered since the last drain, which are then dropped."""
         slab, overlay = self.slab, self.overlay
-        controllers = [r.controller for r in self.requests.values() if r.controller is not None]
+        held = [r for r in self.requests.values() if r.controller is not None]
+        controllers = [r.controller for r in held]
         steps = []
         if drain_step_seconds:
             steps, self.step_seconds = self.step_seconds, []
@@ -342,6 +343,7 @@ class VReasonRuntime:
             available=not self.unavailable, unavailable=list(self.unavailable), adapter=self.adapter,
             kv_layout=self.layout,
             active_slots=len(controllers), controller_bytes=sum(s.nbytes() for s in controllers),
+            active={(r.tag if r.choice == 0 else f"{r.tag}/{r.choice}"): r.controller.nbytes() for r in held},
             slab_bytes=slab.nbytes() if slab is not None else 0,
             slab_slots=slab.slots if slab is not None else 0,
             slab_free_slots=slab.free_slots() if slab is not None else 0,

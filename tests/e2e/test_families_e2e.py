@@ -127,3 +127,85 @@ def test_vreason_trace_and_tokens_equal_the_eager_oracle(family, family_server, 
     assert tr["updates"] == sum(r["updated"] for r in rows) > 0
     worst = max(abs(mine["entropy"] - ref["entropy"]) for mine, ref in zip(steps, rows))
     print(f"{family[0]} {knobs}: max |entropy - oracle| over {len(rows)} steps: {worst:.3g}")
+
+
+# Qwen3-VL prompts carry a `<t seconds>` text per temporal patch, from the frames' times: the
+# same request must give stock vLLM's prompt, so the video runs V-Reason controls are the frames
+# the user sent. Requests: the mp4 at the server's default fps; the mp4 with num_frames equal to
+# the clip's frames at 2 fps (stock samples the loaded frames again at 2 fps, so only such a
+# count can agree); a frame list with its fps stated (vLLM's frame-list URL carries no timing).
+PROMPT_REQUESTS = {"mp4": ("mp4", {}),
+                   "mp4_num_frames_16": ("mp4", {"media_io_kwargs": {"video": {"num_frames": 16}}}),
+                   "frame_list_fps2": ("frames", {"media_io_kwargs": {"video": {"fps": 2.0}}})}
+
+
+def _frame_list_url(n: int) -> str:
+    import base64
+
+    import cv2
+
+    from vreason.clients.synth_video import render_moving_shapes
+
+    jpgs = [base64.b64encode(cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes()).decode()
+            for f in render_moving_shapes(num_frames=n)]
+    return "data:video/jpeg;base64," + ",".join(jpgs)
+
+
+def _prompts(url: str, model: str, media_dir: Path) -> dict:
+    urls = {"mp4": f"file://{media_dir / LONG_CLIP}", "frames": _frame_list_url(8)}
+    out = {}
+    for key, (video, extra) in PROMPT_REQUESTS.items():
+        body = {"model": model, "messages": video_messages(urls[video]), "max_tokens": 1, "temperature": 0,
+                "return_token_ids": True, **extra}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+        assert r.status_code == 200, (key, r.text)
+        out[key] = r.json()["prompt_token_ids"]
+    return out
+
+
+def test_qwen3_vl_timestamped_prompts_equal_stock_vllm(family, family_server, media_dir, tmp_path_factory):
+    """mp4, num_frames and frame-list requests: the server's prompt tokens, timestamps included,
+    equal stock vLLM's OpenAI server's for the same request; with a num_frames stock does not
+    honour (it samples again at 2 fps), the server's prompt is the HF processor's for the frames
+    it sampled, at their own times."""
+    if family[0] != "qwen3_vl":
+        pytest.skip("only Qwen3-VL prompts carry timestamps")
+    from tests.helpers.servers import start_stock_server, stop_stock_server
+
+    model_dir = family[1]
+    logs = tmp_path_factory.mktemp("qwen3_stock")
+    (logs / "generation_config.json").write_text("{}")
+    proc, url = start_stock_server(model_dir, media_dir, logs / "stock.log", logs, '{"video": 1, "image": 0}',
+                                   name=family_server.model)
+    try:
+        stock = _prompts(url, family_server.model, media_dir)
+    finally:
+        stop_stock_server(proc)
+    ours = _prompts(family_server.url, family_server.model, media_dir)
+    video_id = json.loads((model_dir / "config.json").read_text())["video_token_id"]
+    for key in PROMPT_REQUESTS:
+        assert ours[key] == stock[key], key
+        runs = sum(1 for a, b in zip([None, *ours[key]], ours[key]) if b == video_id != a)
+        assert runs == (4 if key.startswith("frame_list") else 8), key  # one run per 2 frames
+
+    # num_frames=8 of the 16-frame clip: 4 runs at the mean times of the frame pairs sampled.
+    from transformers import AutoProcessor
+
+    from vreason.server.video import SamplingSpec, VideoLimits, decode_video, resolve_video_url
+
+    body = {"model": family_server.model, "messages": video_messages(f"file://{media_dir / LONG_CLIP}"),
+            "max_tokens": 1, "temperature": 0, "return_token_ids": True,
+            "media_io_kwargs": {"video": {"num_frames": 8}}}
+    r = httpx.post(f"{family_server.url}/v1/chat/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    limits = VideoLimits()
+    video = decode_video(resolve_video_url(f"file://{media_dir / LONG_CLIP}", allowed_local_media_path=str(media_dir),
+                                           limits=limits), SamplingSpec(num_frames=8), limits)
+    proc = AutoProcessor.from_pretrained(model_dir)
+    chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    meta = {k: v for k, v in video.metadata.items() if k != "do_sample_frames"}
+    inputs = proc(text=[text], videos=[video.frames], return_tensors="pt",
+                  videos_kwargs={"do_sample_frames": False, "video_metadata": [meta]})
+    assert r.json()["prompt_token_ids"] == inputs["input_ids"][0].tolist()
+    assert r.json()["videos"][0]["frames_used"] == 8

@@ -13,19 +13,15 @@ The table and both sides' answers are written to parity.json (print with -s).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers.servers import VENV_BIN, clean_env, launch, start_server, stop_server
+from tests.helpers.servers import start_server, start_stock_server, stop_server, stop_stock_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
-STOCK_START_TIMEOUT = 600
 
 # Qwen2.5-VL-7B-Instruct's generation_config.json sampling defaults.
 QWEN_DEFAULTS = {"repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}
@@ -393,40 +389,17 @@ def gen_config(tmp_path_factory) -> Path:
     return d
 
 
-def _start_stock(model: Path, media_dir: Path, gen_config: Path, log: Path):
-    def command(port: int) -> list[str]:
-        return [str(VENV_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                "--served-model-name", "demo", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                "--max-model-len", "4096", "--max-num-seqs", "8", "--seed", "0", "--enforce-eager",
-                "--limit-mm-per-prompt", '{"video": 1, "image": 0}', "--allowed-local-media-path", str(media_dir),
-                "--trust-request-mm-kwargs", "--generation-config", str(gen_config)]
-
-    env = clean_env(VLLM_PLUGINS="none", VLLM_CPU_KVCACHE_SPACE="1")  # stock model, stock worker
-    return launch(command, log, env, STOCK_START_TIMEOUT, "stock vLLM")
-
-
-def _stop(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def answers(demo_model, media_dir, gen_config, rows, tmp_path_factory) -> dict:
     """Both servers' answers to every row; stock first, then ours (one engine at a time)."""
     logs = tmp_path_factory.mktemp("parity")
-    proc, url = _start_stock(demo_model, media_dir, gen_config, logs / "stock.log")
+    proc, url = start_stock_server(demo_model, media_dir, logs / "stock.log", gen_config, '{"video": 1, "image": 0}')
     try:
         stock = {r.id: ask(url, r, "demo", r.path) for r in rows if r.stock}
         stock_routes = _routes(url)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200, "stock vLLM died during the table"
     finally:
-        _stop(proc)
+        stop_stock_server(proc)
     ours_server = start_server(demo_model, media_dir, logs / "ours.log", "--generation-config", str(gen_config))
     try:
         ours = {r.id: ask(ours_server.url, r, "demo", r.path) for r in rows}

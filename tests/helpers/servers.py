@@ -109,6 +109,36 @@ def start_server(model: Path, media_dir: Path, log: Path, *extra: str, name: str
     return Server(url, proc, log, name)
 
 
+STOCK_START_TIMEOUT = 600
+
+
+def start_stock_server(model: Path, media_dir: Path, log: Path, gen_config: Path, limit_mm: str,
+                       name: str = "demo") -> tuple[subprocess.Popen, str]:
+    """Stock vLLM's OpenAI server (our plugin disabled) on a free loopback port, configured as
+    `start_server` configures ours (float32, eager, seed 0); returns (process, url). Stop it with
+    `stop_stock_server`."""
+    def command(port: int) -> list[str]:
+        return [str(VENV_BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+                "--max-model-len", "4096", "--max-num-seqs", "8", "--seed", "0", "--enforce-eager",
+                "--limit-mm-per-prompt", limit_mm, "--allowed-local-media-path", str(media_dir),
+                "--trust-request-mm-kwargs", "--generation-config", str(gen_config)]
+
+    env = clean_env(VLLM_PLUGINS="none", VLLM_CPU_KVCACHE_SPACE="1")  # stock model, stock worker
+    return launch(command, log, env, STOCK_START_TIMEOUT, "stock vLLM")
+
+
+def stop_stock_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
