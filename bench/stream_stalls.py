@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from serving import free_port, start_server  # bench/serving.py: a script's own folder is on sys.path
+from serving import free_port, start_server, wait_healthy  # bench/serving.py: a script's own folder is on sys.path
 
 
 def start_stock(model: Path, media: Path) -> tuple[subprocess.Popen, str]:
@@ -36,16 +34,9 @@ def start_stock(model: Path, media: Path) -> tuple[subprocess.Popen, str]:
                              "--dtype", "float32", "--max-model-len", "4096", "--allowed-local-media-path",
                              str(media)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("stock vLLM exited during start-up")
-        time.sleep(1)
-    raise SystemExit("stock vLLM did not become healthy")
+    if not wait_healthy(proc, url, 600, "stock vLLM"):
+        raise SystemExit("stock vLLM exited during start-up")
+    return proc, url
 
 
 def one_stream(url: str, body: bytes) -> tuple[float, float, list[tuple[float, float, int]]]:

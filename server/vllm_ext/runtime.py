@@ -334,16 +334,15 @@ class VReasonRuntime:
         """The worker's V-Reason state; with `drain_step_seconds` (the metrics' scrape) the step
         durations gathered since the last drain, which are then dropped."""
         slab, overlay = self.slab, self.overlay
-        held = [r for r in self.requests.values() if r.controller is not None]
-        controllers = [r.controller for r in held]
+        active = {(r.tag if r.choice == 0 else f"{r.tag}/{r.choice}"): r.controller.nbytes()
+                  for r in self.requests.values() if r.controller is not None}
         steps = []
         if drain_step_seconds:
             steps, self.step_seconds = self.step_seconds, []
         return WorkerStats(
             available=not self.unavailable, unavailable=list(self.unavailable), adapter=self.adapter,
             kv_layout=self.layout,
-            active_slots=len(controllers), controller_bytes=sum(s.nbytes() for s in controllers),
-            active={(r.tag if r.choice == 0 else f"{r.tag}/{r.choice}"): r.controller.nbytes() for r in held},
+            active_slots=len(active), controller_bytes=sum(active.values()), active=active,
             slab_bytes=slab.nbytes() if slab is not None else 0,
             slab_slots=slab.slots if slab is not None else 0,
             slab_free_slots=slab.free_slots() if slab is not None else 0,
