@@ -44,6 +44,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     from vreason.server.api.settings import APISettings
     from vreason.server.controller.params import TARGETS, VReasonParams
     from vreason.server.engine.config import EngineConfig
+    from vreason.server.lite import PAPER_RATE
 
     def add(flag, default, help, **kw):
         name = flag.lstrip("-")
@@ -123,6 +124,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "weights: keep transposed copies of layer L's tail and lm_head (their size again, 1.52 GB at 7B) so "
         "that an update step reads each weight once for all updating rows (off: once per row)",
         choices=["on", "off"])
+    add("--vreason-lite-rate", e["vreason_lite_rate"], "V-Reason Lite: prune this fraction of every video's "
+        f"tokens (lowest embedding norm first) before the language model, for every request with a video; "
+        f"no value: the paper's {PAPER_RATE} (default 0: off; Qwen2.5-VL only)", type=float, nargs="?",
+        const=PAPER_RATE)
     add("--speculative-config", None, "JSON, vLLM's speculative decoding config (V-Reason is then unavailable)")
     add("--attention-backend", e["attention_backend"], "vLLM's attention backend (e.g. FLASH_ATTN, TRITON_ATTN); "
         "default: vLLM's choice. V-Reason reads the paged cache of CPU_ATTN, FLASH_ATTN and TRITON_ATTN")
@@ -181,6 +186,7 @@ def serve(args) -> int:
     from vreason.server.checkpoints.smollm2 import ensure_smollm2_model, is_smollm2_model
     from vreason.server.engine.config import EngineConfig
     from vreason.server.engine.vllm_engine import VllmEngine
+    from vreason.server.lite import check_rate
     from vreason.server.video import FetchPolicy, VideoLimits
 
     from vreason.server.api.settings import APISettings
@@ -198,6 +204,7 @@ def serve(args) -> int:
         for flag in ("vreason_max_controlled", "vreason_max_video_tokens"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+        check_rate(args.vreason_lite_rate)
         video_limits = VideoLimits(max_bytes=args.video_max_bytes, max_frames=args.video_max_frames,
                                    max_pixels=args.video_max_pixels)
         fetch_policy = FetchPolicy(allowed_hosts=tuple(h.strip() for h in args.allowed_media_hosts.split(",")
@@ -237,7 +244,8 @@ def serve(args) -> int:
         speculative_config=speculative, attention_backend=args.attention_backend,
         vreason_required=args.vreason == "on",
         vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens,
-        vreason_transposed_tail=args.vreason_transposed_tail == "on", test_knobs=settings.test_knobs)
+        vreason_transposed_tail=args.vreason_transposed_tail == "on", vreason_lite_rate=args.vreason_lite_rate,
+        test_knobs=settings.test_knobs)
     if settings.test_knobs:
         logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)

@@ -54,3 +54,6 @@ TEST_KNOBS_KEY = "vreason_test_knobs"
 TRACE_ADDR_KEY = "vreason_trace_addr"
 """ZeroMQ address where workers push channel messages (bound by the front end before vLLM starts;
 absent: nothing is sent)."""
+LITE_KEY = "vreason_lite_rate"
+"""V-Reason Lite's rate (server/lite.py): the fraction of each video's tokens pruned before the
+language model by the norm rule (absent or 0: off; vLLM's own --video-pruning-rate then runs EVS)."""

@@ -160,7 +160,9 @@ def prompt_logprobs_object(positions: list[dict[int, PromptLogprob] | None]) -> 
 def videos_object(usage: Usage) -> list[dict]:
     """What each video was sampled to; `capped` says the server's frame cap cut the request."""
     return [{"frames_used": v.frames, "frames_requested": v.requested, "capped": v.capped,
-             **({"param": v.param} if v.param else {})} for v in usage.videos]
+             **({"param": v.param} if v.param else {}),
+             **({"tokens_kept": v.lite_tokens[0], "tokens_pruned": v.lite_tokens[1] - v.lite_tokens[0]}
+                if v.lite_tokens else {})} for v in usage.videos]
 
 
 def _usage_dict(u: Usage, choices: list[Choice]) -> dict:

@@ -76,7 +76,9 @@ class _EngineCollector:
         yield gauge("vreason:controller_memory_bytes", "Bytes of controller state in use", vr.controller_bytes)
         for name, key, doc in (("vreason:updates", "updates", "Controller updates applied"),
                                ("vreason:skipped_updates", "skipped_updates", "Updates skipped (non-finite loss)"),
-                               ("vreason:controllers_created", "created", "Controllers created")):
+                               ("vreason:controllers_created", "created", "Controllers created"),
+                               ("vreason:lite_tokens_pruned", "lite_pruned_tokens",
+                                "Video tokens V-Reason Lite pruned before the language model")):
             c = CounterMetricFamily(name, doc, labels=["model_name"])
             c.add_metric(lab, float(totals.get(key, 0)))
             yield c

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from vreason.server.video import DEFAULT_FPS, FetchPolicy, VideoLimits
-from vreason.server.keys import POSITIONS_KEY, SLOTS_KEY, TEST_KNOBS_KEY, TRANSPOSED_KEY
+from vreason.server.keys import LITE_KEY, POSITIONS_KEY, SLOTS_KEY, TEST_KNOBS_KEY, TRANSPOSED_KEY
 
 from .types import MAX_LOGPROBS
 
@@ -57,6 +57,9 @@ class EngineConfig:
     """On CPU with bf16/fp16 weights, keep contiguous transposed copies of layer L's tail linears
     and lm_head (the tail's size again: 1.52 GB at 7B) so that an update step's input gradient
     reads each weight once for all updating rows, not once per row. No effect elsewhere."""
+    vreason_lite_rate: float = 0.0
+    """V-Reason Lite (server/lite.py): the fraction of every video's tokens pruned before the
+    language model, lowest embedding norm first, on every request with a video (0: off)."""
     test_knobs: bool = False
     """`--enable-test-knobs`: the workers read requests' test-only knobs (server/controller/knobs.py)."""
 
@@ -94,9 +97,12 @@ def engine_args(cfg: EngineConfig):
         generation_config=cfg.generation_config, max_logprobs=cfg.max_logprobs,
         worker_cls=CPU_WORKER if on_cpu else GPU_WORKER,
         additional_config={SLOTS_KEY: cfg.vreason_slots, POSITIONS_KEY: cfg.vreason_positions,
-                           TRANSPOSED_KEY: cfg.vreason_transposed_tail, TEST_KNOBS_KEY: cfg.test_knobs},
+                           TRANSPOSED_KEY: cfg.vreason_transposed_tail, TEST_KNOBS_KEY: cfg.test_knobs,
+                           **({LITE_KEY: cfg.vreason_lite_rate} if cfg.vreason_lite_rate else {})},
         speculative_config=cfg.speculative_config, attention_backend=cfg.attention_backend,
     )
+    if cfg.vreason_lite_rate:  # vLLM's processor then writes the kept count of placeholders
+        kwargs["video_pruning_rate"] = cfg.vreason_lite_rate
     if cfg.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs)

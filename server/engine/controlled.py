@@ -6,25 +6,32 @@ from __future__ import annotations
 import asyncio
 
 from vreason.server.keys import CHOICE_KEY
+from vreason.server.lite import kept_tokens
 from vreason.server.messages import NO_SLOT
 
 from .types import EngineClientError, GenerateRequest, RequestFailed
 
 
-def video_tokens(video_processor, frames) -> int:
+def video_tokens(video_processor, frames, lite_rate: float = 0.0) -> int:
     """Video placeholder tokens the model's HF video processor (the one vLLM runs) makes of these
     frames [T, H, W, C]: its own patch count for the frame count and size (each family resizes by
-    its own rule: Qwen3-VL's pixel budget covers the whole video), merge x merge patches per token."""
+    its own rule: Qwen3-VL's pixel budget covers the whole video), merge x merge patches per token;
+    with Lite on, the tokens it keeps of them (server/lite.py)."""
     t, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
-    return video_processor.get_num_of_video_patches(t, h, w, {}) // video_processor.merge_size ** 2
+    total = video_processor.get_num_of_video_patches(t, h, w, {}) // video_processor.merge_size ** 2
+    if not lite_rate:
+        return total
+    temporal = -(-t // video_processor.temporal_patch_size)  # the processor pads the last patch
+    return kept_tokens(total // temporal, temporal, lite_rate)
 
 
 class SlotBudget:
     """The controller slab's limits as the front end enforces them: `slots` per engine of
     `positions` video tokens each; one slot per controlled choice while it runs."""
 
-    def __init__(self, slots: int, positions: int, max_num_seqs: int, engines: int = 1):
+    def __init__(self, slots: int, positions: int, max_num_seqs: int, engines: int = 1, lite_rate: float = 0.0):
         self.slots, self.positions, self.max_num_seqs, self.engines = slots, positions, max_num_seqs, engines
+        self.lite_rate = lite_rate  # Lite prunes before the controller sees the video: it counts the kept tokens
         self.admitted = 0
 
     def check(self, request: GenerateRequest, unavailable: tuple[str, ...]) -> None:
@@ -42,7 +49,7 @@ class SlotBudget:
         can never fit a slot, 429 while the slots are taken. Returns the slots reserved."""
         videos = (prompt.get("multi_modal_data") or {}).get("video", [])
         if request.vreason.targets in ("video", "visual"):
-            positions = sum(video_tokens(processor.video_processor, frames) for frames, _ in videos)
+            positions = sum(video_tokens(processor.video_processor, frames, self.lite_rate) for frames, _ in videos)
             if positions > self.positions:
                 raise EngineClientError(
                     f"V-Reason controls the request's {positions} video tokens, and this server allows at most "

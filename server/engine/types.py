@@ -172,6 +172,8 @@ class VideoUse:
     requested: int | None = None
     capped: bool = False
     param: str | None = None
+    lite_tokens: tuple[int, int] | None = None
+    """With V-Reason Lite on: (video tokens kept, video tokens before pruning)."""
 
 
 @dataclass(frozen=True)

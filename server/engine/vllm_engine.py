@@ -17,12 +17,13 @@ from dataclasses import asdict, fields, replace
 from jinja2 import TemplateError
 
 from vreason.server.keys import DISABLED_KEY, EXTRA_ARGS_KEY, REQUEST_TAG_KEY, TRACE_ADDR_KEY
+from vreason.server.lite import ARCHITECTURES as LITE_ARCHITECTURES
 from vreason.server.messages import WorkerStats
 from vreason.server.video import SamplingSpec, load_video
 from vreason.server.video.frames import is_frame_list_url, load_frames, pick_frames, split_frame_list
 
 from .config import EngineConfig, engine_args
-from .controlled import SlotBudget, per_choice_outputs, raise_if_failed
+from .controlled import SlotBudget, per_choice_outputs, raise_if_failed, video_tokens
 from .scheduler_stats import scheduler_stats_logger
 from .support import vllm_config_reasons
 from .token_texts import token_texts
@@ -56,7 +57,8 @@ class VllmEngine:
         self.vreason_unavailable: tuple[str, ...] = ()
         """Why V-Reason cannot run on this deployment (empty: it can)."""
         self.vreason_adapter = ""  # the worker's V-Reason model class (WorkerStats.adapter)
-        self._slots = SlotBudget(cfg.vreason_slots, cfg.vreason_positions, cfg.max_num_seqs, cfg.data_parallel_size)
+        self._slots = SlotBudget(cfg.vreason_slots, cfg.vreason_positions, cfg.max_num_seqs, cfg.data_parallel_size,
+                                 cfg.vreason_lite_rate)
         self._children: dict[str, list[str]] = {}  # our request id -> its engine requests (controlled)
 
     async def start(self) -> None:
@@ -71,6 +73,7 @@ class VllmEngine:
             from transformers import AutoTokenizer
 
             self._processor = AutoTokenizer.from_pretrained(self.cfg.model)
+        self._refuse_lite(self._processor)
         vllm_config = engine_args(self.cfg).create_engine_config()
         reasons = vllm_config_reasons(vllm_config)
         self._refuse_if_required(reasons)
@@ -96,6 +99,21 @@ class VllmEngine:
             logger.info("V-Reason available: %d controller slots x %d video tokens, slab %.1f MiB, update "
                         "transients at most %.1f MiB", worker.slab_slots, worker.slab_max_positions,
                         worker.slab_bytes / 2**20, worker.update_transient_bytes_max / 2**20)
+
+    def _refuse_lite(self, processor) -> None:
+        """Lite is a server-wide setting that changes every video prompt: where it cannot prune,
+        the server does not start (rather than serve every video unpruned)."""
+        if not self.cfg.vreason_lite_rate:
+            return
+        from transformers import AutoConfig
+
+        archs = tuple(getattr(AutoConfig.from_pretrained(self.cfg.model), "architectures", None) or ())
+        if not set(archs) & set(LITE_ARCHITECTURES) or not hasattr(processor, "video_processor"):
+            message = (f"--vreason-lite-rate {self.cfg.vreason_lite_rate}: V-Reason Lite prunes "
+                       f"{', '.join(LITE_ARCHITECTURES)} only, and this model is {', '.join(archs) or 'unknown'}; "
+                       "start without --vreason-lite-rate")
+            logger.error(message)
+            raise VReasonUnavailable(message)
 
     def _refuse_if_required(self, reasons: tuple[str, ...]) -> None:
         if reasons and self.cfg.vreason_required:
@@ -206,7 +224,12 @@ class VllmEngine:
                                        fetch_policy=self.cfg.fetch_policy))
         videos = await asyncio.gather(*jobs)  # a VideoError is a ClientError: answered as it is
         for i, ((asked, over, param), d) in enumerate(zip(uses, videos)):
-            usage.videos.append(VideoUse(frames=int(d.frames.shape[0]), requested=asked, capped=over, param=param))
+            lite = None
+            if self.cfg.vreason_lite_rate:
+                vp = self._processor.video_processor
+                lite = (video_tokens(vp, d.frames, self.cfg.vreason_lite_rate), video_tokens(vp, d.frames))
+            usage.videos.append(VideoUse(frames=int(d.frames.shape[0]), requested=asked, capped=over, param=param,
+                                         lite_tokens=lite))
             if over:
                 logger.info("request %s video %d: %d frames asked (%s), above the server's cap: sampled at "
                             "most %d (%d used)", request.request_id, i, asked, param, cap, d.frames.shape[0])

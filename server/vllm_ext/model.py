@@ -17,6 +17,7 @@ from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
 
 from vreason.server.controller import TailWeights
 
+from .lite import LitePruning
 from .overlay import LayerOverlay, OverlayImpl
 
 
@@ -62,8 +63,8 @@ class VReasonModel:
             eps=layer.post_attention_layernorm.variance_epsilon)
 
 
-class VReasonQwen2_5_VL(VReasonModel, Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`)."""
+class VReasonQwen2_5_VL(VReasonModel, LitePruning, Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`); prunes video tokens for Lite (lite.py)."""
 
 
 class VReasonQwen2_VL(VReasonModel, Qwen2VLForConditionalGeneration, SupportsEagle3):

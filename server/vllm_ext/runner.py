@@ -3,7 +3,8 @@
 Seams overridden (each counted in `vreason.calls`; tests check they keep firing):
 - `load_model`: checks the loaded model (support.py), asks for vLLM's auxiliary hidden-state
   outputs (the EAGLE3 mechanism) before the model loads, and allocates the controller slab once,
-  sized by the deployment's flags (start_up.py).
+  sized by the deployment's flags (start_up.py); with Lite on, turns on vLLM's video-pruning
+  path, which vLLM's CPU runner leaves off (lite.py).
 - `initialize_kv_cache`: proves layer L's cache layout on this hardware and warms the kernels
   up on a GPU, or disables V-Reason (start_up.py).
 - `_update_states`: before vLLM's bookkeeping, settle the requests vLLM finished (or aborted)
@@ -55,6 +56,10 @@ class VReasonRunnerMixin:
             self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks it)
         out = super().load_model(*args, **kwargs)
         model = self.get_model()
+        if getattr(model, "vreason_lite_rate", 0.0):
+            # vLLM's CPU runner never turns its video-pruning path on (its GPU runner does, in
+            # load_model): without it the pruned embeddings keep their position channels.
+            self.is_multimodal_pruning_enabled = True
         self.vreason.overlay = getattr(model, "vreason_overlay", None)
         if self.vreason.overlay is not None:
             self.vreason.adapter = type(model).__name__
@@ -113,5 +118,8 @@ class VReasonRunnerMixin:
         return out
 
     def vreason_stats(self, drain_step_seconds: bool = False) -> WorkerStats:
-        """Worker-side V-Reason state (the worker's collective_rpc target sends it as a dict)."""
-        return self.vreason.stats(drain_step_seconds)
+        """Worker-side V-Reason state (the worker's collective_rpc target sends it as a dict), with
+        the video tokens Lite pruned in this worker's model (lite.py)."""
+        stats = self.vreason.stats(drain_step_seconds)
+        stats.totals["lite_pruned_tokens"] = getattr(self.get_model(), "vreason_lite_pruned", 0)
+        return stats

@@ -73,15 +73,38 @@ def _entropy(z):
     return -(lp.exp() * lp).sum(-1)
 
 
+def video_embeddings(model, inputs: dict) -> torch.Tensor:
+    """[N, D]: the prompt's video tokens as they enter the language model (the vision merger's
+    output), in prompt order."""
+    with torch.no_grad():
+        out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    return torch.cat(list(out.pooler_output))
+
+
+def _pruned_prompt(model, inputs: dict, video_token_id: int, keep: torch.Tensor, prompt_pos: torch.Tensor):
+    """(input ids, M-RoPE positions, input embeddings) of the prompt without the video tokens
+    `keep` drops: every kept token at its full-prompt position, kept video tokens embedded as in
+    the full prompt (V-Reason Lite, given its choice of tokens)."""
+    full = inputs["input_ids"][0]
+    cols = full != video_token_id
+    cols[~cols] = keep
+    ids = full[cols][None]
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids).clone()
+        embeds[0, ids[0] == video_token_id] = video_embeddings(model, inputs)[keep].to(embeds.dtype)
+    return ids, prompt_pos[:, cols], embeds
+
+
 def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_new_tokens: int,
                    params: VReasonParams | None, keep_logits: bool = False,
-                   forced: list[int] | None = None) -> tuple[list[int], list[dict]]:
+                   forced: list[int] | None = None, keep: torch.Tensor | None = None) -> tuple[list[int], list[dict]]:
     """Returns (generated token ids, trace rows {entropy, ema, alpha, updated}); with
     `keep_logits` each row also holds the fp32 logits the token was chosen from. With `forced`,
     step t appends forced[t - 1] instead of its greedy token (teacher forcing: the controller's
-    trace along a given token path, for servers whose arithmetic differs, e.g. bf16)."""
+    trace along a given token path, for servers whose arithmetic differs, e.g. bf16). With
+    `keep` (bool over the prompt's video tokens), the prompt holds only those video tokens, each
+    at its full-prompt position (V-Reason Lite); the controller then covers those tokens only."""
     ids = inputs["input_ids"]
-    pos = (ids[0] == video_token_id).nonzero().flatten()
     attn = model.model.language_model.layers[-1].self_attn
     hkv, d = attn.config.num_key_value_heads, attn.head_dim
     state = {"vn": None, "v0": None}
@@ -95,7 +118,6 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
         out[0, pos] = state["vn"].transpose(0, 1).reshape(len(pos), hkv * d).to(out.dtype)
         return out
 
-    handle = attn.v_proj.register_forward_hook(hook)
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     cfg = model.config
     grids = inputs["video_grid_thw"]
@@ -105,16 +127,25 @@ def eager_generate(model, inputs: dict, video_token_id: int, eos_id: int, max_ne
     prompt_pos = mrope_positions(ids[0], video_token_id, grids, inputs.get("second_per_grid_ts"),
                                  cfg.vision_config.spatial_merge_size,
                                  getattr(cfg.vision_config, "tokens_per_second", None))
+    embeds = None
+    if keep is not None:
+        ids, prompt_pos, embeds = _pruned_prompt(model, inputs, video_token_id, keep, prompt_pos)
+    pos = (ids[0] == video_token_id).nonzero().flatten()
+    handle = attn.v_proj.register_forward_hook(hook)
 
     def logits_of(seq):
-        kw = dict(extra)
         gen = seq.shape[1] - ids.shape[1]  # generated tokens are text: one position each
         tail = torch.arange(1, gen + 1) + int(prompt_pos.max())
-        kw["position_ids"] = torch.cat([prompt_pos, tail.expand(3, -1)], dim=1)[:, None, :]
+        position_ids = torch.cat([prompt_pos, tail.expand(3, -1)], dim=1)[:, None, :]
+        mask = torch.ones_like(seq)
+        if embeds is not None:
+            x = torch.cat([embeds, model.get_input_embeddings()(seq[:, ids.shape[1]:])], dim=1)
+            return model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids).logits[0, -1].float()
+        kw = dict(extra, position_ids=position_ids)
         if "mm_token_type_ids" in kw:  # generated tokens are text (type 0)
             tt = kw["mm_token_type_ids"]
             kw["mm_token_type_ids"] = torch.cat([tt, tt.new_zeros(1, seq.shape[1] - tt.shape[1])], dim=1)
-        return model(input_ids=seq, attention_mask=torch.ones_like(seq), **kw).logits[0, -1].float()
+        return model(input_ids=seq, attention_mask=mask, **kw).logits[0, -1].float()
 
     try:
         seq, tokens, rows = ids, [], []
