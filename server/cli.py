@@ -109,6 +109,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     add("--max-body-bytes", s.max_body_bytes, "largest request body accepted (413 above)", type=int)
     add("--max-queue", s.max_queue, "chat requests admitted at once, running + waiting (429 above)", type=int)
     add("--request-timeout", s.request_timeout, "seconds before a chat request is aborted (504)", type=float)
+    add("--keep-alive-timeout", s.keep_alive_timeout, "seconds an idle HTTP connection stays open (above client "
+        "pools' 5 s, so that a reused connection is never one the server is closing)", type=float)
     add("--reasoning-split", "on" if s.reasoning_split else "off",
         "move <think>...</think> text to message.reasoning", choices=["on", "off"])
     add("--log-format", "json", "log lines as JSON objects or plain text", choices=["json", "text"])
@@ -128,6 +130,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         f"tokens (lowest embedding norm first) before the language model, for every request with a video; "
         f"no value: the paper's {PAPER_RATE} (default 0: off; Qwen2.5-VL only)", type=float, nargs="?",
         const=PAPER_RATE)
+    add("--video-pruning-rate", e["video_pruning_rate"], "vLLM's own video pruning (EVS: drops the tokens most "
+        "like the previous frame's) at this rate, for comparison with --vreason-lite-rate; not both (default 0: off)",
+        type=float)
     add("--speculative-config", None, "JSON, vLLM's speculative decoding config (V-Reason is then unavailable)")
     add("--attention-backend", e["attention_backend"], "vLLM's attention backend (e.g. FLASH_ATTN, TRITON_ATTN); "
         "default: vLLM's choice. V-Reason reads the paged cache of CPU_ATTN, FLASH_ATTN and TRITON_ATTN")
@@ -198,6 +203,7 @@ def serve(args) -> int:
         settings = APISettings(
             api_key=args.api_key, allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, request_timeout=args.request_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
             reasoning_split=args.reasoning_split == "on", test_knobs=args.enable_test_knobs)
         limits = json.loads(args.limit_mm_per_prompt)
         speculative = json.loads(args.speculative_config) if args.speculative_config else None
@@ -205,6 +211,9 @@ def serve(args) -> int:
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
         check_rate(args.vreason_lite_rate)
+        check_rate(args.video_pruning_rate, "--video-pruning-rate")
+        if args.vreason_lite_rate and args.video_pruning_rate:
+            raise ValueError("--vreason-lite-rate and --video-pruning-rate both prune video tokens: give one")
         video_limits = VideoLimits(max_bytes=args.video_max_bytes, max_frames=args.video_max_frames,
                                    max_pixels=args.video_max_pixels)
         fetch_policy = FetchPolicy(allowed_hosts=tuple(h.strip() for h in args.allowed_media_hosts.split(",")
@@ -245,13 +254,14 @@ def serve(args) -> int:
         vreason_required=args.vreason == "on",
         vreason_max_controlled=args.vreason_max_controlled, vreason_max_video_tokens=args.vreason_max_video_tokens,
         vreason_transposed_tail=args.vreason_transposed_tail == "on", vreason_lite_rate=args.vreason_lite_rate,
-        test_knobs=settings.test_knobs)
+        video_pruning_rate=args.video_pruning_rate, test_knobs=settings.test_knobs)
     if settings.test_knobs:
         logger.warning("--enable-test-knobs: clients may send the test-only vreason options (tests only)")
     app = create_app(VllmEngine(cfg), vreason_default=vreason_default, settings=settings)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests finish (up to 30 s), then the
     # lifespan shuts the engine down.
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=30,
+                                           timeout_keep_alive=settings.keep_alive_timeout,
                                            access_log=False, log_config=None))
     host, port = sock.getsockname()[:2]
     logger.info("HTTP socket bound to %s:%d; the server answers once the engine is up", host, port)

@@ -21,10 +21,10 @@ prompt's M-RoPE positions). Qwen2-VL's vLLM class has no video pruning; Qwen3-VL
 timestamp text between frames, whose positions vLLM recomputes by another rule: not done yet."""
 
 
-def check_rate(rate: float) -> float:
-    """A valid Lite rate (0: off); ValueError otherwise."""
+def check_rate(rate: float, flag: str = "--vreason-lite-rate") -> float:
+    """A valid pruning rate (0: off); ValueError naming `flag` otherwise."""
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"--vreason-lite-rate must be in [0, 1) (the fraction of video tokens removed), got {rate}")
+        raise ValueError(f"{flag} must be in [0, 1) (the fraction of video tokens removed), got {rate}")
     return rate
 
 

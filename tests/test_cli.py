@@ -54,6 +54,20 @@ def test_bad_option_exits_cleanly():
     assert r.returncode == 2 and "invalid option" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_pruning_rates_are_checked_before_anything_starts():
+    from vreason.server.lite import PAPER_RATE
+
+    for args, words in ((["--vreason-lite-rate", "1"], "--vreason-lite-rate must be in [0, 1)"),
+                        (["--video-pruning-rate", "-0.5"], "--video-pruning-rate must be in [0, 1)"),
+                        (["--vreason-lite-rate", "0.5", "--video-pruning-rate", "0.5"], "give one")):
+        r = subprocess.run([VREASON, "serve", *args], capture_output=True, text=True)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    code = ("import argparse; from vreason.server import cli; p = argparse.ArgumentParser();"
+            "cli._add_serve_args(p); print(p.parse_args(['--vreason-lite-rate']).vreason_lite_rate)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) == PAPER_RATE  # the flag alone: the paper's rate
+
+
 def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
     import argparse
 
@@ -72,13 +86,14 @@ def test_serve_defaults_are_the_dataclasses_defaults(monkeypatch):
              "tensor_parallel_size": a.tensor_parallel_size, "data_parallel_size": a.data_parallel_size,
              "kv_cache_gib": a.kv_cache_gib, "default_fps": a.video_fps, "generation_config": a.generation_config,
              "cap_frames": a.video_frames_over_cap == "cap",
-             "vreason_transposed_tail": a.vreason_transposed_tail == "on"}
+             "vreason_transposed_tail": a.vreason_transposed_tail == "on", "vreason_lite_rate": a.vreason_lite_rate,
+             "video_pruning_rate": a.video_pruning_rate}
     assert flags == {k: getattr(e, k) for k in flags}
     assert (a.video_max_frames, a.video_max_pixels, a.video_max_bytes) == (
         e.video_limits.max_frames, e.video_limits.max_pixels, e.video_limits.max_bytes)
     assert a.media_fetch_timeout == e.fetch_policy.total_timeout and a.allowed_media_hosts == ""
-    assert (a.max_body_bytes, a.max_queue, a.request_timeout, a.reasoning_split == "on") == (
-        s.max_body_bytes, s.max_queue, s.request_timeout, s.reasoning_split)
+    assert (a.max_body_bytes, a.max_queue, a.request_timeout, a.keep_alive_timeout, a.reasoning_split == "on") == (
+        s.max_body_bytes, s.max_queue, s.request_timeout, s.keep_alive_timeout, s.reasoning_split)
     assert a.video_fps == DEFAULT_FPS  # one default frame rate: the CLI, the engine and the sampler agree
 
 

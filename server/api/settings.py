@@ -17,6 +17,10 @@ class APISettings:
     """At most this many chat requests admitted at once (running + waiting); more get 429."""
     request_timeout: float = 600.0
     """Seconds a chat request may take end to end before it is aborted (504)."""
+    keep_alive_timeout: float = 75.0
+    """Seconds an idle HTTP/1.1 connection stays open. Longer than common client pools keep one
+    (httpx, and so the OpenAI SDK: 5 s), so a client never reuses a connection the server is
+    closing at that moment (uvicorn's own default is also 5 s: the two race)."""
     reasoning_split: bool = True
     """Move <think>...</think> text to message.reasoning (and reasoning_content)."""
     test_knobs: bool = False
@@ -27,5 +31,7 @@ class APISettings:
             raise ValueError("max_body_bytes must be at least 1024")
         if self.max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if not self.keep_alive_timeout > 0:
+            raise ValueError("keep_alive_timeout must be positive")
         if not self.request_timeout > 0:
             raise ValueError("request_timeout must be positive")

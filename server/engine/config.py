@@ -60,6 +60,9 @@ class EngineConfig:
     vreason_lite_rate: float = 0.0
     """V-Reason Lite (server/lite.py): the fraction of every video's tokens pruned before the
     language model, lowest embedding norm first, on every request with a video (0: off)."""
+    video_pruning_rate: float = 0.0
+    """vLLM's own `--video-pruning-rate` (EVS: drops the tokens most like the previous frame's), for
+    comparison with Lite; at most one of the two is set (0: off)."""
     test_knobs: bool = False
     """`--enable-test-knobs`: the workers read requests' test-only knobs (server/controller/knobs.py)."""
 
@@ -70,6 +73,11 @@ class EngineConfig:
     @property
     def vreason_slots(self) -> int:
         return self.vreason_max_controlled or self.max_num_seqs
+
+    @property
+    def pruning_rate(self) -> float:
+        """The fraction of video tokens pruned before the language model (Lite or vLLM's EVS)."""
+        return self.vreason_lite_rate or self.video_pruning_rate
 
     @property
     def vreason_positions(self) -> int:
@@ -101,8 +109,8 @@ def engine_args(cfg: EngineConfig):
                            **({LITE_KEY: cfg.vreason_lite_rate} if cfg.vreason_lite_rate else {})},
         speculative_config=cfg.speculative_config, attention_backend=cfg.attention_backend,
     )
-    if cfg.vreason_lite_rate:  # vLLM's processor then writes the kept count of placeholders
-        kwargs["video_pruning_rate"] = cfg.vreason_lite_rate
+    if cfg.pruning_rate:  # vLLM's processor then writes the kept count of placeholders
+        kwargs["video_pruning_rate"] = cfg.pruning_rate
     if cfg.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs)

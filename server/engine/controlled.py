@@ -16,7 +16,7 @@ def video_tokens(video_processor, frames, lite_rate: float = 0.0) -> int:
     """Video placeholder tokens the model's HF video processor (the one vLLM runs) makes of these
     frames [T, H, W, C]: its own patch count for the frame count and size (each family resizes by
     its own rule: Qwen3-VL's pixel budget covers the whole video), merge x merge patches per token;
-    with Lite on, the tokens it keeps of them (server/lite.py)."""
+    with video pruning (Lite, or vLLM's EVS: the same count), the tokens kept of them (server/lite.py)."""
     t, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
     total = video_processor.get_num_of_video_patches(t, h, w, {}) // video_processor.merge_size ** 2
     if not lite_rate:
@@ -31,7 +31,7 @@ class SlotBudget:
 
     def __init__(self, slots: int, positions: int, max_num_seqs: int, engines: int = 1, lite_rate: float = 0.0):
         self.slots, self.positions, self.max_num_seqs, self.engines = slots, positions, max_num_seqs, engines
-        self.lite_rate = lite_rate  # Lite prunes before the controller sees the video: it counts the kept tokens
+        self.lite_rate = lite_rate  # pruning (Lite or EVS) happens before the controller: count the kept tokens
         self.admitted = 0
 
     def check(self, request: GenerateRequest, unavailable: tuple[str, ...]) -> None:

@@ -173,7 +173,7 @@ class VideoUse:
     capped: bool = False
     param: str | None = None
     lite_tokens: tuple[int, int] | None = None
-    """With V-Reason Lite on: (video tokens kept, video tokens before pruning)."""
+    """With video pruning on (Lite or vLLM's EVS): (video tokens kept, video tokens before pruning)."""
 
 
 @dataclass(frozen=True)

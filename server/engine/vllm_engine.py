@@ -58,7 +58,7 @@ class VllmEngine:
         """Why V-Reason cannot run on this deployment (empty: it can)."""
         self.vreason_adapter = ""  # the worker's V-Reason model class (WorkerStats.adapter)
         self._slots = SlotBudget(cfg.vreason_slots, cfg.vreason_positions, cfg.max_num_seqs, cfg.data_parallel_size,
-                                 cfg.vreason_lite_rate)
+                                 cfg.pruning_rate)
         self._children: dict[str, list[str]] = {}  # our request id -> its engine requests (controlled)
 
     async def start(self) -> None:
@@ -225,9 +225,9 @@ class VllmEngine:
         videos = await asyncio.gather(*jobs)  # a VideoError is a ClientError: answered as it is
         for i, ((asked, over, param), d) in enumerate(zip(uses, videos)):
             lite = None
-            if self.cfg.vreason_lite_rate:
+            if self.cfg.pruning_rate:
                 vp = self._processor.video_processor
-                lite = (video_tokens(vp, d.frames, self.cfg.vreason_lite_rate), video_tokens(vp, d.frames))
+                lite = (video_tokens(vp, d.frames, self.cfg.pruning_rate), video_tokens(vp, d.frames))
             usage.videos.append(VideoUse(frames=int(d.frames.shape[0]), requested=asked, capped=over, param=param,
                                          lite_tokens=lite))
             if over:

@@ -56,9 +56,11 @@ class VReasonRunnerMixin:
             self.use_aux_hidden_state_outputs = True  # residual entering layer L (model.py picks it)
         out = super().load_model(*args, **kwargs)
         model = self.get_model()
-        if getattr(model, "vreason_lite_rate", 0.0):
+        mm = self.model_config.multimodal_config
+        if getattr(model, "supports_multimodal_pruning", False) and mm is not None and mm.is_multimodal_pruning_enabled():
             # vLLM's CPU runner never turns its video-pruning path on (its GPU runner does, in
-            # load_model): without it the pruned embeddings keep their position channels.
+            # load_model): without it pruned embeddings keep their position channels and the
+            # first video request kills the engine (Lite and vLLM's EVS alike).
             self.is_multimodal_pruning_enabled = True
         self.vreason.overlay = getattr(model, "vreason_overlay", None)
         if self.vreason.overlay is not None:

@@ -124,3 +124,19 @@ def test_plain_request_beside_lite_requests_is_unchanged(lite, hf):
     a = [x["logprob"] for x in solo["choices"][0]["logprobs"]["content"]]
     b = [x["logprob"] for x in beside["choices"][0]["logprobs"]["content"]]
     assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_lite_on_a_family_it_cannot_prune_refuses_to_start(qwen3_vl_model, demo_model):
+    """Lite changes every video prompt: where it cannot prune, the server does not start (the
+    check runs before vLLM starts; Qwen2.5-VL passes it)."""
+    from transformers import AutoProcessor
+
+    from vreason.server.engine.config import EngineConfig
+    from vreason.server.engine.vllm_engine import VllmEngine, VReasonUnavailable
+
+    engine = VllmEngine(EngineConfig(model=str(qwen3_vl_model), vreason_lite_rate=RATE))
+    with pytest.raises(VReasonUnavailable, match="Lite prunes Qwen2_5_VLForConditionalGeneration only.*"
+                                                 "Qwen3VLForConditionalGeneration"):
+        engine._refuse_lite(AutoProcessor.from_pretrained(qwen3_vl_model))
+    VllmEngine(EngineConfig(model=str(demo_model), vreason_lite_rate=RATE))._refuse_lite(
+        AutoProcessor.from_pretrained(demo_model))

@@ -117,3 +117,20 @@ def test_sdk_raises_bad_request_for_corrupt_video(client, server):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=server.model, max_tokens=4,
                                        messages=video_messages("data:video/mp4;base64,AAAAAAAA"))
+
+
+def test_idle_connection_outlives_client_pools_keep_alive(server):
+    """A connection idle for longer than httpx's (and so the OpenAI SDK's) 5 s pool keep-alive is
+    still open: a pooled client never reuses one the server is closing at that very moment."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    u = urlparse(server.url)
+    request = f"GET /health HTTP/1.1\r\nHost: {u.hostname}\r\n\r\n".encode()
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(request)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6.5)  # uvicorn's default keep-alive (5 s) would have closed it by now
+        s.sendall(request)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
