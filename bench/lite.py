@@ -4,16 +4,16 @@ the same 32-frame video and question, in one run.
 Per mode: video tokens kept (usage.videos), prompt tokens, KV bytes per request (prompt tokens x
 the model's KV bytes per token: layers x 2 x KV heads x head dim x 4 B, fp32), KV cache use
 during decode (vLLM's `vllm:kv_cache_usage_perc` gauge read while one request decodes), prefill
-(time to the first token of a 1-token request; median of --repeats; prefix caching off), decode
+(the whole time of a 1-token request; median of --repeats; prefix caching off), decode
 ms/token (streamed, ignore_eos, --decode-tokens tokens; median) plain and with V-Reason on.
 
 The demo models cannot see, so instead of accuracy: agreement with the unpruned model along the
-unpruned greedy answer (teacher-forced with an assistant prefill of that answer and
+unpruned greedy answer (32 tokens, ignore_eos) (teacher-forced with an assistant prefill of that answer and
 prompt_logprobs 20): the share of the first 32 answer positions whose top token agrees, and the
 mean KL(unpruned || pruned) over the unpruned top-20 tokens renormalised (a pruned top-20 that
 misses a token gives it the pruned 20th logprob: an upper bound on its probability).
 
-    .venv/bin/python bench/lite.py [--model DIR] [--rate 0.5] [--frames 32]
+    .venv/bin/python bench/lite.py [--model DIR] [--rate 0.5] [--frames 32] [--max-pixels 50176]
 """
 
 from __future__ import annotations
@@ -101,17 +101,23 @@ def measure(url: str, video: str, args) -> dict:
     out["prompt_tokens"] = j["usage"]["prompt_tokens"]
     out["video_kept"] = v.get("tokens_kept")
     out["video_pruned"] = v.get("tokens_pruned", 0)
-    ttft = [stream_times(url, body(video, args.frames, max_tokens=1))[0] for _ in range(args.repeats)]
+    ttft = []
+    for _ in range(args.repeats):  # a 1-token request: prefill, one sample, the answer
+        t0 = time.perf_counter()
+        httpx.post(f"{url}/v1/chat/completions", json=body(video, args.frames, max_tokens=1),
+                   timeout=600).raise_for_status()
+        ttft.append(time.perf_counter() - t0)
     out["prefill_s"] = statistics.median(ttft)
     dec = body(video, args.frames, max_tokens=args.decode_tokens, ignore_eos=True)
     for mode, extra in (("plain", {}), ("vreason", {"vreason": True})):
         ms = []
         for _ in range(args.repeats):
             t = stream_times(url, {**dec, **extra})
-            ms.append(1000 * (t[-1] - t[0]) / (len(t) - 1))
+            ms.append(1000 * (t[-1] - t[0]) / (args.decode_tokens - 1))  # ignore_eos: all of them came
         out[f"decode_ms_{mode}"] = statistics.median(ms)
     out["kv_usage"] = kv_usage_while_decoding(url, dec)
-    g = httpx.post(f"{url}/v1/chat/completions", json=body(video, args.frames, max_tokens=32), timeout=600).json()
+    g = httpx.post(f"{url}/v1/chat/completions", json=body(video, args.frames, max_tokens=32, ignore_eos=True),
+                   timeout=600).json()
     out["answer"], out["answer_tokens"] = g["choices"][0]["message"]["content"], g["usage"]["completion_tokens"]
     return out
 
@@ -133,6 +139,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--decode-tokens", type=int, default=48)
+    p.add_argument("--max-pixels", type=int, default=None, help="the servers' --video-max-pixels (default: theirs)")
     args = p.parse_args()
     from vreason.clients.synth_video import write_moving_shapes_mp4
     from vreason.server.checkpoints.smollm2 import ensure_smollm2_model
@@ -145,7 +152,8 @@ def main() -> None:
     for mode, flags in MODES.items():  # "none" first: its greedy answer is what the others are forced along
         extra = [*flags, str(args.rate)] if flags else []
         proc, url = start_server(["--model", model, "--served-model-name", "bench", "--dtype", "float32",
-                                  "--no-prefix-caching", "--allowed-local-media-path", str(media), *extra],
+                                  "--no-prefix-caching", "--allowed-local-media-path", str(media), *extra,
+                                  *(["--video-max-pixels", str(args.max_pixels)] if args.max_pixels else [])],
                                  subprocess.DEVNULL, timeout_s=900)
         try:
             r = results[mode] = measure(url, video, args)
@@ -157,7 +165,8 @@ def main() -> None:
             proc.wait(60)
         print(f"  {mode}: done", flush=True)
     per_token = kv_bytes_per_token(model)
-    print(f"\nmodel {model}, {args.frames} frames, rate {args.rate}, {k} forced answer positions\n")
+    print(f"\nmodel {model}, {args.frames} frames, rate {args.rate}, max pixels {args.max_pixels or 'default'}, "
+          f"{k} forced answer positions\n")
     print("| mode | video tokens kept / pruned | prompt tokens | KV MiB per request | KV cache use in decode | "
           "prefill s | decode ms/token plain | decode ms/token V-Reason | top-1 agreement | mean KL (top-20) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
