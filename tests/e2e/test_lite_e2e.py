@@ -15,7 +15,6 @@ from tests.helpers.servers import start_server, stop_server
 from tests.reference.eager_vreason import eager_generate, video_embeddings
 from vreason.server.controller import VReasonParams
 from vreason.server.lite import kept_tokens
-from vreason.server.vllm_ext.lite import keep_mask
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +42,8 @@ def _chat(server, url: str, **extra) -> dict:
 def _kept(hf) -> torch.Tensor:
     """The video tokens Lite keeps, by its rule on the oracle's own video embeddings; the test
     needs the choice to be clear of ties that arithmetic could flip."""
+    from vreason.server.vllm_ext.lite import keep_mask  # vLLM: not at collection (tests/vllm_ext/test_lite.py)
+
     proc, model, inputs, _ = hf
     emb = video_embeddings(model, inputs)
     frames = int(inputs["video_grid_thw"][0, 0])

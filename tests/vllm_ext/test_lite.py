@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vllm.multimodal.video_prune.evs import (compute_mrope_for_media, compute_retained_tokens_count,
-                                             recompute_mrope_positions)
 
 from tests.reference.eager_vreason import mrope_positions
 from vreason.server.lite import check_rate, kept_tokens
-from vreason.server.vllm_ext.lite import keep_mask, media_positions
 
+# vLLM (and vllm_ext, which imports it) is imported inside the tests: importing it while pytest
+# collects would set Triton up before the kernel tests turn its interpreter on.
 VID, IMG, START, END = 7, 8, 5, 6
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.25, 0.5, 0.75, 0.9, 0.999])
 def test_kept_count_is_vllms(rate):
+    from vllm.multimodal.video_prune.evs import compute_retained_tokens_count
+
     for per in (1, 4, 16, 63, 330):
         for frames in range(1, 17):
             assert kept_tokens(per, frames, rate) == compute_retained_tokens_count(per, frames, rate)
@@ -31,6 +32,8 @@ def test_rate_zero_keeps_everything_and_bad_rates_are_refused():
 
 
 def test_keep_mask_keeps_the_largest_norms_and_breaks_ties_by_order():
+    from vreason.server.vllm_ext.lite import keep_mask
+
     torch.manual_seed(0)
     emb = torch.randn(24, 16)
     keep = keep_mask(emb, 4, 0.5)
@@ -48,6 +51,10 @@ def test_kept_tokens_and_the_text_after_keep_full_prompt_positions(grid, seconds
     4th channel every kept video token and every text token lands where the full prompt has it
     (the original rule, tests/reference), including the text after a video whose temporal
     positions pass its width, which vLLM's EVS channels move."""
+    from vllm.multimodal.video_prune.evs import compute_mrope_for_media, recompute_mrope_positions
+
+    from vreason.server.vllm_ext.lite import keep_mask, media_positions
+
     n = grid[0] * grid[1] * grid[2] // 4
     full = torch.tensor([1, 2, 3, START] + [VID] * n + [END, 9, 10, 11])
     want = mrope_positions(full, VID, torch.tensor([grid]), [seconds], 2, tps)
