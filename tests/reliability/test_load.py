@@ -126,6 +126,12 @@ def test_bounded_mixed_load(load_server, video_url, tmp_path):
     assert load_server.wait_idle(20)["active_slots"] == 0
 
 
+def _engine_requests(metrics: str) -> float:
+    """Requests in vLLM's engine (running + waiting), from /metrics."""
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")))
+
+
 def test_queue_full_then_disconnects_free_slots(load_server, video_url):
     """Hold MAX_QUEUE long V-Reason streams (MAX_SEQS running, the rest waiting): one more
     request gets 429; closing the streams frees every controller slot and the queue."""
@@ -148,6 +154,15 @@ def test_queue_full_then_disconnects_free_slots(load_server, video_url):
                 while sum(e.is_set() for e in events) < MAX_SEQS and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
                 assert sum(e.is_set() for e in events) >= MAX_SEQS, "streams did not start"
+                # every hold is in the engine (running or waiting) before the extra request; a hold
+                # that failed is named rather than leaving a free place that the extra one takes
+                while time.monotonic() < deadline:
+                    metrics = (await http.get("/metrics")).text
+                    if _engine_requests(metrics) >= MAX_QUEUE or any(t.done() for t in tasks):
+                        break
+                    await asyncio.sleep(0.1)
+                failed = [t.exception() for t in tasks if t.done() and not t.cancelled()]
+                assert not failed and _engine_requests(metrics) >= MAX_QUEUE, (failed, metrics[-2000:])
                 slots = (await http.get("/vreason/stats")).json()["active_slots"]
                 extra = await http.post("/v1/chat/completions", json=body(video_url, 1, max_tokens=2))
             finally:
@@ -156,6 +171,10 @@ def test_queue_full_then_disconnects_free_slots(load_server, video_url):
                 await asyncio.gather(*tasks, return_exceptions=True)
             return slots, extra
 
+    deadline = time.monotonic() + 60  # the previous test's disconnected streams have left the engine
+    while _engine_requests(httpx.get(f"{load_server.url}/metrics", timeout=30).text) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    load_server.wait_idle(60)
     slots, extra = asyncio.run(main())
     assert slots >= 1, "V-Reason streams held no controller slot"
     err = assert_openai_error(extra, 429)
