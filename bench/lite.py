@@ -49,14 +49,16 @@ def body(video: str, frames: int, **extra) -> dict:
 
 
 def stream_times(url: str, payload: dict) -> list[float]:
-    """Arrival times of the streamed content chunks (s after sending)."""
+    """Arrival times (s after sending) of the streamed chunks that carry tokens (by their token ids:
+    a random model's tokens may have no text)."""
     t0, times = time.perf_counter(), []
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**payload, "stream": True}, timeout=600) as r:
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**payload, "stream": True, "return_token_ids": True},
+                      timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunk = json.loads(line[6:])
-                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                if chunk.get("choices") and chunk["choices"][0].get("token_ids"):
                     times.append(time.perf_counter() - t0)
     return times
 

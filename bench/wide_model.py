@@ -30,6 +30,7 @@ def build(out: Path) -> Path:
     cfg = AutoConfig.from_pretrained(base)
     for k, v in WIDTHS.items():
         setattr(cfg.text_config, k, v)
+    cfg.text_config.rope_parameters = {**cfg.text_config.rope_parameters, "mrope_section": [16, 24, 24]}  # head dim 128
     cfg.vision_config.out_hidden_size = WIDTHS["hidden_size"]
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.float32).eval()
