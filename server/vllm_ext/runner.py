@@ -77,6 +77,8 @@ class VReasonRunnerMixin:
         L's cache on this hardware and, on a GPU, compile the kernels; or disable V-Reason."""
         self.vreason.calls["initialize_kv_cache"] += 1
         out = super().initialize_kv_cache(*args, **kwargs)
+        if hasattr(self.get_model(), "vreason_lite_pruned"):
+            self.get_model().vreason_lite_pruned = 0  # vLLM's memory profiling ran dummy videos: not requests
         if self.vreason.active:
             reason = check_hardware(self, self.vreason)
             if reason is not None:
